@@ -1,0 +1,46 @@
+"""prunekit: prune PyTorch networks.
+
+>>> import prunekit, torch
+>>> model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+>>> masks = prunekit.prune(model, sparsity=0.9, method="magnitude", allocation="global")
+>>> round(masks.sparsity, 2)
+0.9
+"""
+
+from prunekit.allocation import list_allocations
+from prunekit.criteria import Criterion, create_criterion, list_methods, register_criterion
+from prunekit.export import load_compressed, load_compressed_into, save_compressed
+from prunekit.masks import MaskEnforcer, MaskMismatchError, MaskSet
+from prunekit.models import create_model, list_models
+from prunekit.prune import compute_masks, prune, pruning_plan
+from prunekit.report import SparsityReport, sparsity_report
+from prunekit.scores import ElementwiseScores, Scores, TensorScores
+from prunekit.targets import Targets, select_targets
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Criterion",
+    "ElementwiseScores",
+    "MaskEnforcer",
+    "MaskMismatchError",
+    "MaskSet",
+    "Scores",
+    "SparsityReport",
+    "Targets",
+    "TensorScores",
+    "compute_masks",
+    "create_criterion",
+    "create_model",
+    "list_allocations",
+    "list_methods",
+    "list_models",
+    "load_compressed",
+    "load_compressed_into",
+    "prune",
+    "pruning_plan",
+    "register_criterion",
+    "save_compressed",
+    "select_targets",
+    "sparsity_report",
+]

@@ -1,0 +1,237 @@
+"""MaskSet: the hand-off between pruning stages.
+
+A mask set maps parameter names to boolean tensors (True = kept). It validates itself against a
+model, reports sparsity, applies and enforces itself during training (zeroing pruned weights and
+their optimizer state after every step), saves bit-packed to safetensors, and never renames the
+model's state_dict keys: the weights stay ordinary parameters throughout.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prunekit.serialization import load_safetensors, pack_bits, save_safetensors, unpack_bits
+
+FORMAT = "prunekit.maskset/1"
+
+
+class MaskMismatchError(ValueError):
+    """A mask set does not fit a model (missing parameter, wrong shape or device)."""
+
+
+class MaskSet(MutableMapping[str, Tensor]):
+    """Parameter name -> boolean keep-mask (True = kept, False = pruned)."""
+
+    def __init__(self, masks: Mapping[str, Tensor] | None = None) -> None:
+        self._masks: dict[str, Tensor] = {}
+        self.metadata: dict[str, Any] = {}
+        for name, mask in (masks or {}).items():
+            self[name] = mask
+
+    # ------------------------------------------------------------------ mapping protocol
+    def __getitem__(self, name: str) -> Tensor:
+        return self._masks[name]
+
+    def __setitem__(self, name: str, mask: Tensor) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"MaskSet: parameter names are str, got {type(name).__name__}")
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            raise TypeError(
+                f"MaskSet[{name!r}]: expected a torch.bool tensor, got "
+                f"{getattr(mask, 'dtype', type(mask).__name__)}"
+            )
+        self._masks[name] = mask
+
+    def __delitem__(self, name: str) -> None:
+        del self._masks[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._masks)
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    def __repr__(self) -> str:
+        return f"MaskSet({len(self)} tensors, sparsity={self.sparsity:.4f})"
+
+    # ------------------------------------------------------------------ statistics
+    @property
+    def numel(self) -> int:
+        return sum(m.numel() for m in self._masks.values())
+
+    @property
+    def num_pruned(self) -> int:
+        return sum(int(m.numel() - m.sum()) for m in self._masks.values())
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of masked entries that are pruned (0 for an empty set)."""
+        total = self.numel
+        return self.num_pruned / total if total else 0.0
+
+    @property
+    def density(self) -> float:
+        return 1.0 - self.sparsity
+
+    def layer_sparsity(self) -> dict[str, float]:
+        return {
+            n: float(1.0 - m.float().mean()) if m.numel() else 0.0 for n, m in self._masks.items()
+        }
+
+    # ------------------------------------------------------------------ model interplay
+    def validate(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        """Check every mask against ``model``; return the masked parameters by name.
+
+        Raises:
+            MaskMismatchError: names the first parameter that is missing or mismatched.
+        """
+        params = dict(model.named_parameters())
+        for name, mask in self._masks.items():
+            if name not in params:
+                raise MaskMismatchError(f"masks: parameter {name!r} is not in the model")
+            param = params[name]
+            if mask.shape != param.shape:
+                raise MaskMismatchError(
+                    f"masks: {name!r} has shape {tuple(mask.shape)}, the parameter has {tuple(param.shape)}"
+                )
+            if mask.device != param.device:
+                raise MaskMismatchError(
+                    f"masks: {name!r} is on {mask.device}, the parameter on {param.device}; "
+                    "call masks.to(device)"
+                )
+        return {n: params[n] for n in self._masks}
+
+    @torch.no_grad()
+    def apply(self, model: nn.Module) -> None:
+        """Zero the pruned weights of ``model`` in place."""
+        params = self.validate(model)
+        for name, param in params.items():
+            param.mul_(self._masks[name])
+
+    @torch.no_grad()
+    def enforce(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Zero pruned weights and their optimizer state; call after each ``optimizer.step()``."""
+        params = self.validate(model)
+        _zero_pruned(params, self._masks, optimizer)
+
+    def attach(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> MaskEnforcer:
+        """Enforce the masks after every ``optimizer.step()`` from now on.
+
+        Returns a handle; call ``handle.remove()`` (or use it as a context manager) to stop.
+        """
+        return MaskEnforcer(self, model, optimizer)
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        """Bake the masks into the weights; the model keeps no hooks and the same state_dict keys."""
+        self.apply(model)
+        return model
+
+    def to(self, device: torch.device | str) -> MaskSet:
+        return MaskSet({n: m.to(device) for n, m in self._masks.items()})
+
+    def clone(self) -> MaskSet:
+        return MaskSet({n: m.clone() for n, m in self._masks.items()})
+
+    def __and__(self, other: MaskSet) -> MaskSet:
+        """Keep only what both keep (a parameter in one set only keeps that set's mask)."""
+        out = self.clone()
+        for name, mask in other.items():
+            out[name] = out[name] & mask if name in out else mask.clone()
+        return out
+
+    def is_subset_of(self, other: MaskSet) -> bool:
+        """True when every entry kept here is also kept in ``other`` (pruning only went further)."""
+        return all(name in other and not bool((m & ~other[name]).any()) for name, m in self.items())
+
+    @classmethod
+    def from_model(cls, model: nn.Module, names: list[str] | None = None) -> MaskSet:
+        """Masks of the non-zero entries of the named parameters (e.g. of a loaded sparse model)."""
+        params = dict(model.named_parameters())
+        return cls({n: params[n].detach() != 0 for n in (names if names is not None else params)})
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> None:
+        """Save bit-packed to safetensors with JSON metadata (shapes, format, user metadata)."""
+        tensors = {name: pack_bits(mask) for name, mask in self._masks.items()}
+        meta = {
+            "format": FORMAT,
+            "shapes": {name: list(mask.shape) for name, mask in self._masks.items()},
+            "order": list(self._masks),
+            "user": metadata or {},
+        }
+        save_safetensors(tensors, path, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: torch.device | str = "cpu") -> MaskSet:
+        """Load a mask set saved by :meth:`save` (no pickle involved)."""
+        tensors, meta = load_safetensors(path)
+        if meta.get("format") != FORMAT:
+            raise ValueError(
+                f"path: {str(path)!r} is not a prunekit mask file (format {meta.get('format')!r})"
+            )
+        masks = cls()
+        for name in meta["order"]:
+            masks[name] = unpack_bits(tensors[name], tuple(meta["shapes"][name])).to(device)
+        masks.metadata = meta.get("user", {})
+        return masks
+
+
+_STATE_KEYS_SKIPPED = {"step"}
+
+
+def _zero_pruned(
+    params: Mapping[str, nn.Parameter],
+    masks: Mapping[str, Tensor],
+    optimizer: torch.optim.Optimizer | None,
+) -> None:
+    weights = [p.data for p in params.values()]
+    keep = [masks[n] for n in params]
+    torch._foreach_mul_(weights, keep)
+    if optimizer is None:
+        return
+    state_tensors, state_masks = [], []
+    for name, param in params.items():
+        state = optimizer.state.get(param)
+        if not state:
+            continue
+        for key, value in state.items():
+            if (
+                key not in _STATE_KEYS_SKIPPED
+                and isinstance(value, Tensor)
+                and value.shape == param.shape
+            ):
+                state_tensors.append(value)
+                state_masks.append(masks[name])
+    if state_tensors:
+        torch._foreach_mul_(state_tensors, state_masks)
+
+
+class MaskEnforcer:
+    """Keeps pruned weights (and their optimizer state) at zero after every optimizer step."""
+
+    def __init__(self, masks: MaskSet, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.masks = masks
+        self._params = masks.validate(model)
+        self._keep = dict(masks.items())
+        self._optimizer = optimizer
+        self._handle = optimizer.register_step_post_hook(self._after_step)
+        with torch.no_grad():
+            _zero_pruned(self._params, self._keep, optimizer)
+
+    @torch.no_grad()
+    def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        _zero_pruned(self._params, self._keep, optimizer)
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+    def __enter__(self) -> MaskEnforcer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
