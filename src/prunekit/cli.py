@@ -1,0 +1,46 @@
+"""The ``prunekit`` command line.
+
+Each command lives in its own module exposing ``register(subparsers)``, which adds a sub-parser
+whose ``func`` default takes the parsed arguments and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Modules that add sub-commands; a module that fails to import (missing optional dependency)
+# is skipped so that the other commands keep working.
+COMMAND_MODULES = ["prunekit.commands.list_cmd"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prunekit",
+        description="Prune PyTorch networks: train, prune, retrain, evaluate, export.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'prunekit COMMAND --help' for a command's options and an example.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"prunekit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
