@@ -134,8 +134,8 @@ def prune(
             ``"global_min_keep"``, ``"per_row"`` or an ``"N:M"`` pattern such as ``"2:4"``.
         targets: which weights may be pruned (default: Linear / Conv / ConvTranspose weights).
         masks: masks of an earlier round; pruned entries stay pruned (masks only shrink).
-        min_keep: with ``global``: weights every layer keeps (int count, or float fraction of all
-            target weights).
+        min_keep: with ``global``, ``global_min_keep`` or ``lamp``: weights every layer keeps
+            (an int count, or a float fraction of each layer, rounded up).
         data: batches for data-driven criteria.
         seed: seeds random criteria and the threshold sample (results are deterministic).
         criterion_options: keyword options for the criterion.
