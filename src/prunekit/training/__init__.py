@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from prunekit.training.checkpoint import load_checkpoint, save_checkpoint
+from prunekit.training.controls import (
+    count_flops,
+    random_reinit,
+    scratch_iterations,
+    shuffle_masks,
+)
 from prunekit.training.lr import (
     ALLR,
     CLR,
@@ -20,9 +26,39 @@ from prunekit.training.lr import (
     make_lr_schedule,
     make_retrain_schedule,
 )
+from prunekit.training.recipes import (
+    ExperimentResult,
+    GMPCallback,
+    PhaseResult,
+    PruneSpec,
+    TrainSpec,
+    pruning_norm_change,
+    run_bimp,
+    run_dense,
+    run_gmp,
+    run_imp,
+    run_one_shot,
+    run_sparse_training,
+)
 from prunekit.training.trainer import Callback, FitResult, Trainer, evaluate, make_optimizer
 
 __all__ = [
+    "ExperimentResult",
+    "GMPCallback",
+    "PhaseResult",
+    "PruneSpec",
+    "TrainSpec",
+    "count_flops",
+    "pruning_norm_change",
+    "random_reinit",
+    "run_bimp",
+    "run_dense",
+    "run_gmp",
+    "run_imp",
+    "run_one_shot",
+    "run_sparse_training",
+    "scratch_iterations",
+    "shuffle_masks",
     "ALLR",
     "CLR",
     "FT",

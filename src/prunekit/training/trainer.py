@@ -228,6 +228,7 @@ class Trainer:
         self.should_stop = False
         self._checked = False
         self._perm_cache: tuple[int, Tensor] | None = None
+        self._epoch_loss: tuple[Any, int] = (0.0, 0)  # running train loss of the current epoch
 
     # ------------------------------------------------------------------ set-up helpers
     def _resolve_length(
@@ -308,6 +309,9 @@ class Trainer:
 
     def _check_shapes(self, x: Tensor, y: Tensor) -> None:
         """Run one forward pass and turn a model/data mismatch into a clear error."""
+        # Eval mode: the check must not touch BatchNorm statistics or consume dropout randomness.
+        was_training = self.model.training
+        self.model.eval()
         with torch.no_grad(), self._autocast():
             try:
                 out = self.model(x[:2])
@@ -316,6 +320,8 @@ class Trainer:
                     f"model/data shape mismatch: the model cannot take inputs of shape "
                     f"{tuple(x.shape[1:])} (per example): {err}"
                 ) from err
+            finally:
+                self.model.train(was_training)
         if self.loss_fn is not None:
             return
         y2 = y[:2]
@@ -384,8 +390,8 @@ class Trainer:
             desc="train",
             dynamic_ncols=True,
         )
-        loss_sum = torch.zeros((), device=self.device)
-        loss_count = 0
+        loss_sum = torch.tensor(self._epoch_loss[0], device=self.device)
+        loss_count = self._epoch_loss[1]
         try:
             while self.iteration < self.total and not self.should_stop:
                 x, y = self.batch_at(self.iteration)
@@ -394,6 +400,7 @@ class Trainer:
                 self.iteration += 1
                 loss_sum += loss
                 loss_count += 1
+                self._epoch_loss = (loss_sum, loss_count)
                 bar.update(1)
                 for cb in self.callbacks:
                     cb.on_step_end(self, loss)
@@ -401,6 +408,7 @@ class Trainer:
                     self._end_epoch(loss_sum, loss_count, bar)
                     loss_sum = torch.zeros((), device=self.device)
                     loss_count = 0
+                    self._epoch_loss = (0.0, 0)
                 if (
                     self.checkpoint_dir is not None
                     and self.checkpoint_every
@@ -469,7 +477,12 @@ class Trainer:
                 masks=self.masks,
                 scaler=self.scaler,
                 iteration=self.iteration,
-                extra={"history": self.history, "seed": self.seed, "total": self.total},
+                extra={
+                    "history": self.history,
+                    "seed": self.seed,
+                    "total": self.total,
+                    "epoch_loss": [float(self._epoch_loss[0]), int(self._epoch_loss[1])],
+                },
             )
         if self.distributed:
             torch.distributed.barrier()
@@ -489,6 +502,8 @@ class Trainer:
             )
         self.iteration = iteration
         self.history = list(extra.get("history", []))
+        loss_sum, loss_count = extra.get("epoch_loss", [0.0, 0])
+        self._epoch_loss = (float(loss_sum), int(loss_count))
         self.set_masks(masks)
         return True
 
