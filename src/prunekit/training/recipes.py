@@ -91,10 +91,12 @@ class ExperimentResult:
     retrain_iterations: int
     config: dict[str, Any] = field(default_factory=dict)
     masks: MaskSet | None = None
+    rewind_state: dict[str, Tensor] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("masks")
+        """Plain JSON-ready data (without the mask set and the rewind state)."""
+        out = {k: v for k, v in self.__dict__.items() if k not in ("masks", "rewind_state")}
+        out["phases"] = [asdict(p) for p in self.phases]
         return out
 
 
@@ -438,6 +440,7 @@ def run_imp(
             retrain_schedule=retrain_schedule,
         ),
         masks,
+        rewind_state if rewind == "weights" else None,
     )
 
 
@@ -576,20 +579,25 @@ def run_sparse_training(
     *,
     iterations: int | None = None,
     init_state: dict[str, Tensor] | None = None,
+    schedule: LRSchedule | None = None,
 ) -> dict[str, float]:
     """Train a fixed mask from ``init_state`` (or the model's current weights) with ``train``.
 
-    With ``iterations`` the original schedule's shape is stretched to that length (Scratch-B).
+    With ``iterations`` the original schedule's shape is stretched to that length (Scratch-B);
+    ``schedule`` overrides the LR schedule (its length is then the run's length).
     """
     if init_state is not None:
         model.load_state_dict(init_state)
     masks.apply(model)
-    original = original_schedule(train, data)
-    total = original.total if iterations is None else iterations
-    schedule = (
-        original
-        if total == original.total
-        else make_lr_schedule(train.lr_schedule, train.lr, total)
-    )
+    if schedule is not None:
+        total = schedule.total
+    else:
+        original = original_schedule(train, data)
+        total = original.total if iterations is None else iterations
+        schedule = (
+            original
+            if total == original.total
+            else make_lr_schedule(train.lr_schedule, train.lr, total)
+        )
     _train(model, data, train, schedule, total, masks, seed_offset=0)
     return _metrics(model, data)
