@@ -21,6 +21,7 @@ from prunekit.training import (
     run_gmp,
     run_imp,
     run_one_shot,
+    run_scratch,
     run_sparse_training,
     scratch_iterations,
     shuffle_masks,
@@ -161,3 +162,11 @@ def test_controls():
 
 def _model_unseeded() -> nn.Module:
     return nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 3))
+
+
+def test_scratch_e_and_b():
+    masks = prunekit.compute_masks(_model(), 0.8)
+    e = run_scratch(_model_unseeded, _bundle(), TRAIN, masks, mode="E", seed=1)
+    b = run_scratch(_model_unseeded, _bundle(), TRAIN, masks, mode="B", seed=1)
+    assert e["iterations"] == 8 and b["iterations"] == 16  # 5x fewer MACs, capped at 2x
+    assert 0.0 <= b["test_top1"] <= 1.0

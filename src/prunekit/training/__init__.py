@@ -38,6 +38,7 @@ from prunekit.training.recipes import (
     run_gmp,
     run_imp,
     run_one_shot,
+    run_scratch,
     run_sparse_training,
 )
 from prunekit.training.trainer import Callback, FitResult, Trainer, evaluate, make_optimizer
@@ -56,6 +57,7 @@ __all__ = [
     "run_gmp",
     "run_imp",
     "run_one_shot",
+    "run_scratch",
     "run_sparse_training",
     "scratch_iterations",
     "shuffle_masks",

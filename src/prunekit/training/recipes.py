@@ -9,7 +9,8 @@ Every recipe takes a model (changed in place: it ends pruned and retrained), a
   named retraining schedule.
 * :func:`run_gmp`: gradual magnitude pruning during one training run (cubic schedule).
 * :func:`run_bimp`: budgeted IMP: linear-decay dense training, then phases with ALLR.
-* :func:`run_sparse_training`: train a fixed mask from given weights (controls, Scratch-E/B).
+* :func:`run_sparse_training`: train a fixed mask from given weights (controls).
+* :func:`run_scratch`: Scratch-E / Scratch-B training of the pruned network from a fresh init.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,6 +30,7 @@ from prunekit.masks import MaskSet
 from prunekit.prune import compute_masks
 from prunekit.schedules import BIMP, GMP, IMP, OneShot
 from prunekit.targets import Targets
+from prunekit.training.controls import count_flops, scratch_iterations
 from prunekit.training.lr import (
     LRW,
     LRSchedule,
@@ -601,3 +604,30 @@ def run_sparse_training(
         )
     _train(model, data, train, schedule, total, masks, seed_offset=0)
     return _metrics(model, data)
+
+
+def run_scratch(
+    factory: Callable[[], nn.Module],
+    data: DatasetBundle,
+    train: TrainSpec,
+    masks: MaskSet,
+    *,
+    mode: str = "B",
+    seed: int = 0,
+) -> dict[str, float]:
+    """Scratch-E / Scratch-B control (Liu et al. 2019): the pruned network trained from a fresh init.
+
+    ``factory()`` builds the architecture (under ``torch.manual_seed(seed)``); ``masks`` fix its
+    sparsity. Scratch-E trains for the original number of iterations, Scratch-B for
+    ``iterations * FLOPs_dense / FLOPs_pruned`` (at most 2x). Returns the metrics plus
+    ``"iterations"``.
+    """
+    torch.manual_seed(int(seed))
+    model = factory()
+    original = original_schedule(train, data)
+    example = data.train.x[:1]
+    dense_flops = count_flops(model, example)
+    sparse_flops = count_flops(model, example, masks)
+    total = scratch_iterations(original.total, dense_flops, sparse_flops, mode)
+    metrics = run_sparse_training(model, data, train, masks, iterations=total)
+    return {**metrics, "iterations": float(total)}
