@@ -28,6 +28,15 @@ from prunekit.training import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models train fastest on one thread; restore the setting afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _bundle() -> DatasetBundle:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(120, 12, generator=g)
