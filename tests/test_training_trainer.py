@@ -162,3 +162,20 @@ def test_cuda_amp_keeps_masks():
     for name, param in model.named_parameters():
         if name in masks:
             assert int((param[~masks[name].cuda()] != 0).sum()) == 0
+
+
+def test_map_style_dataset_gives_the_same_run_as_tensors():
+    data = _data()
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(data)
+
+        def __getitem__(self, i):
+            return data.x[i], data.y[i]
+
+    a, b = _mlp(), _mlp()
+    Trainer(a, data, iterations=8, batch_size=16, lr_schedule=ConstantLR(0.1, 8)).fit()
+    Trainer(b, Items(), iterations=8, batch_size=16, lr_schedule=ConstantLR(0.1, 8)).fit()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert evaluate(b, Items()) == evaluate(b, data)

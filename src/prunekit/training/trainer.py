@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,8 +84,25 @@ def make_optimizer(
     raise ValueError(f"optimizer: expected 'sgd', 'adam' or 'adamw', got {name!r}")
 
 
-def _as_data(data: Any, argument: str) -> TensorData:
-    if isinstance(data, TensorData):
+class MapData:
+    """Adapts a map-style ``torch.utils.data.Dataset`` of ``(x, y)`` items to batch indexing."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: Tensor | slice) -> tuple[Tensor, Tensor]:
+        indices = range(len(self))[index] if isinstance(index, slice) else index.tolist()
+        items = [self.dataset[int(i)] for i in indices]
+        x = torch.stack([torch.as_tensor(item[0]) for item in items])
+        y = torch.stack([torch.as_tensor(item[1]) for item in items])
+        return x, y
+
+
+def _as_data(data: Any, argument: str) -> TensorData | MapData:
+    if isinstance(data, (TensorData, MapData)):
         return data
     if isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) == 2:
         return TensorData(*data.tensors)
@@ -95,9 +112,11 @@ def _as_data(data: Any, argument: str) -> TensorData:
         and all(isinstance(t, Tensor) for t in data)
     ):
         return TensorData(data[0], data[1])
+    if isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__"):
+        return MapData(data)
     raise TypeError(
-        f"{argument}: expected TensorData, a TensorDataset of (x, y) or a tuple (x, y) of tensors, "
-        f"got {type(data).__name__}"
+        f"{argument}: expected TensorData, a map-style Dataset of (x, y) items or a tuple (x, y) "
+        f"of tensors, got {type(data).__name__}"
     )
 
 
@@ -106,7 +125,8 @@ class Trainer:
 
     Args:
         model: any ``nn.Module``.
-        train_data: :class:`~prunekit.data.TensorData` (or ``(x, y)`` tensors).
+        train_data: :class:`~prunekit.data.TensorData`, ``(x, y)`` tensors, or any map-style
+            ``Dataset`` whose items are ``(x, y)`` (batches are stacked from single items).
         optimizer: an optimizer over ``model``'s parameters (default SGD, momentum 0.9, wd 5e-4).
         lr_schedule: LR per iteration (sets every param group's ``lr``, times its optional
             ``lr_scale``). ``None`` keeps the optimizer's LR.
@@ -516,7 +536,7 @@ class Trainer:
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    data: TensorData | Iterable[Any],
+    data: Any,
     *,
     task: str = "classification",
     batch_size: int = 512,
