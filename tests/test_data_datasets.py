@@ -139,3 +139,25 @@ def test_crop_and_flip_on_tensors():
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="x:"):
         random_crop(torch.zeros(3, 5, 5), 1)
+
+
+def test_text_corpus_with_a_local_hf_tokenizer(tmp_path):
+    pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    from transformers import PreTrainedTokenizerFast
+
+    word = tokenizers.Tokenizer(
+        tokenizers.models.WordLevel({"[UNK]": 0, "hello": 1, "world": 2}, unk_token="[UNK]")
+    )
+    word.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=word, unk_token="[UNK]").save_pretrained(
+        tmp_path / "tok"
+    )
+    (tmp_path / "c.txt").write_text("hello world foo " * 30)
+    bundle = create_dataset(
+        "text", path=str(tmp_path / "c.txt"), tokenizer=str(tmp_path / "tok"), block_size=4
+    )
+    assert bundle.num_classes == 3
+    assert bundle.train.x[0].tolist() == [1, 2, 0, 1]
+    with pytest.raises(ValueError, match="tokenizer: cannot load"):
+        create_dataset("text", path=str(tmp_path / "c.txt"), tokenizer=str(tmp_path / "missing"))
