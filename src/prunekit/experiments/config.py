@@ -1,0 +1,379 @@
+"""Experiment configs: typed dataclasses, YAML loading with ``--set`` overrides, and the config hash.
+
+Every key is checked before any work starts; an error names the key path and the allowed values
+(``prune.allocation: unknown allocation 'lampp'; allowed: erk, global, ...``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from prunekit.experiments.typed import ConfigError, from_dict, set_path, to_dict
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ExperimentConfig",
+    "MetricsConfig",
+    "ModelConfig",
+    "PruneConfig",
+    "RetrainConfig",
+    "SweepConfig",
+    "TargetsConfig",
+    "TrainConfig",
+    "config_hash",
+    "dense_hash",
+    "load_config",
+    "parse_overrides",
+    "resolve",
+]
+
+SCHEDULE_NAMES = ("one_shot", "imp", "bimp", "gmp")
+# Keys that change where or how a run is reported, not its result.
+_NOT_HASHED = ("name", "output", "tracker", "sweep")
+_TRAIN_NOT_HASHED = ("progress", "checkpoint_every", "threads")
+
+
+def _choice(path: str, value: str, allowed: list[str], kind: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{path}: unknown {kind} {value!r}; allowed: {', '.join(allowed)}")
+
+
+def _key(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+@dataclass
+class ModelConfig:
+    """``name`` from the model registry (``prunekit list models``) and its keyword arguments.
+
+    ``in_features`` / ``in_channels`` / ``length`` / ``num_classes`` / ``vocab_size`` are filled in
+    from the data set when the model takes them and the config leaves them out.
+    """
+
+    name: str = "mlp"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, path: str) -> None:
+        from prunekit.models import MODELS
+
+        _choice(_key(path, "name"), self.name, MODELS.names(), "model")
+
+
+@dataclass
+class DataConfig:
+    """``name`` from the data set registry and its keyword arguments (e.g. ``num_samples``)."""
+
+    name: str = "mnist1d"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    calibration_batches: int = 4
+    calibration_batch_size: int = 128
+
+    def validate(self, path: str) -> None:
+        from prunekit.data import DATASETS
+
+        _choice(_key(path, "name"), self.name, DATASETS.names(), "dataset")
+        for key in ("calibration_batches", "calibration_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{_key(path, key)}: expected a positive integer")
+
+
+@dataclass
+class TrainConfig:
+    """The dense training run; retraining schedules are derived from its LR schedule."""
+
+    epochs: float = 20.0
+    batch_size: int = 128
+    lr: float = 0.1
+    lr_schedule: Literal["constant", "step", "cosine", "linear"] = "cosine"
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    device: str | None = None
+    threads: int | None = None
+    checkpoint_every: int = 200
+    progress: bool = False
+
+    def validate(self, path: str) -> None:
+        if self.epochs <= 0:
+            raise ConfigError(f"{_key(path, 'epochs')}: expected a positive number")
+        if self.batch_size < 1:
+            raise ConfigError(f"{_key(path, 'batch_size')}: expected a positive integer")
+        if self.lr <= 0:
+            raise ConfigError(f"{_key(path, 'lr')}: expected a positive number")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"{_key(path, 'threads')}: expected a positive integer or null")
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"{_key(path, 'checkpoint_every')}: expected a positive integer")
+
+
+@dataclass
+class TargetsConfig:
+    """Which weights may be pruned (see :class:`prunekit.Targets`); module types by class name."""
+
+    module_types: list[str] | None = None
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    keep_first: bool = False
+    keep_last: bool = False
+
+    def validate(self, path: str) -> None:
+        import torch.nn as nn
+
+        for i, name in enumerate(self.module_types or []):
+            cls = getattr(nn, name, None)
+            if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+                raise ConfigError(
+                    f"{_key(path, 'module_types')}[{i}]: {name!r} is not a torch.nn module class "
+                    "(e.g. Linear, Conv2d)"
+                )
+        for key in ("include", "exclude"):
+            for i, pattern in enumerate(getattr(self, key)):
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    raise ConfigError(
+                        f"{_key(path, key)}[{i}]: bad regular expression: {err}"
+                    ) from None
+
+    def build(self) -> Any:
+        import torch.nn as nn
+
+        from prunekit.targets import Targets
+
+        kwargs: dict[str, Any] = {
+            "include": tuple(self.include),
+            "exclude": tuple(self.exclude),
+            "keep_first": self.keep_first,
+            "keep_last": self.keep_last,
+        }
+        if self.module_types is not None:
+            kwargs["module_types"] = tuple(getattr(nn, n) for n in self.module_types)
+        return Targets(**kwargs)
+
+
+@dataclass
+class PruneConfig:
+    """The pruning recipe: criterion, allocation, targets and schedule.
+
+    ``schedule``: ``one_shot`` (prune once, retrain), ``imp`` (``phases`` prune-retrain phases;
+    ``rewind`` = ``weights`` to theta_k with k = ``rewind_iteration``, ``lr`` for LR rewinding, or
+    ``none`` for the ``retrain.schedule``), ``bimp`` (budgeted IMP: linear-decay dense training,
+    ``retrain.epochs`` split over the phases, ALLR), ``gmp`` (cubic gradual pruning during training,
+    from ``gmp_start`` to ``gmp_end`` of the run, every ``gmp_frequency`` iterations).
+    """
+
+    sparsity: float = 0.9
+    criterion: str = "magnitude"
+    criterion_options: dict[str, Any] = field(default_factory=dict)
+    allocation: str = "global"
+    min_keep: int | float | None = None
+    targets: TargetsConfig = field(default_factory=TargetsConfig)
+    schedule: Literal["one_shot", "imp", "bimp", "gmp"] = "one_shot"
+    phases: int = 3
+    rewind: Literal["weights", "lr", "none"] = "none"
+    rewind_iteration: int = 0
+    gmp_start: float = 0.1
+    gmp_end: float = 0.6
+    gmp_frequency: int | None = None
+
+    def validate(self, path: str) -> None:
+        from prunekit.allocation import ALLOCATIONS
+        from prunekit.criteria import CRITERIA
+
+        _choice(_key(path, "criterion"), self.criterion, CRITERIA.names(), "criterion")
+        if not re.fullmatch(r"\d+:\d+", self.allocation):
+            _choice(
+                _key(path, "allocation"),
+                self.allocation,
+                [*ALLOCATIONS.names(), "N:M (e.g. 2:4)"],
+                "allocation",
+            )
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ConfigError(
+                f"{_key(path, 'sparsity')}: expected a fraction in [0, 1), got {self.sparsity}"
+            )
+        if self.phases < 1:
+            raise ConfigError(f"{_key(path, 'phases')}: expected a positive integer")
+        if self.rewind_iteration < 0:
+            raise ConfigError(f"{_key(path, 'rewind_iteration')}: expected >= 0")
+        if not 0.0 <= self.gmp_start < self.gmp_end <= 1.0:
+            raise ConfigError(
+                f"{_key(path, 'gmp_start')}: expected 0 <= gmp_start < gmp_end <= 1, got "
+                f"{self.gmp_start} and {self.gmp_end}"
+            )
+
+
+@dataclass
+class RetrainConfig:
+    """Retraining after each pruning step: length in epochs and the retraining LR schedule."""
+
+    epochs: float | None = 2.0
+    schedule: str = "llr"
+
+    def validate(self, path: str) -> None:
+        from prunekit.training.lr import RETRAIN_SCHEDULES
+
+        _choice(_key(path, "schedule"), self.schedule, RETRAIN_SCHEDULES.names(), "schedule")
+        if self.epochs is not None and self.epochs < 0:
+            raise ConfigError(f"{_key(path, 'epochs')}: expected a non-negative number or null")
+
+
+@dataclass
+class MetricsConfig:
+    """Extra metrics: file sizes (dense vs compressed) and measured CPU latency."""
+
+    file_sizes: bool = True
+    latency: bool = False
+    latency_repeats: int = 20
+
+
+@dataclass
+class SweepConfig:
+    """The grid of ``prunekit sweep``: sparsities x methods x seeds.
+
+    ``methods`` maps a method label to dotted overrides of this config, e.g.
+    ``{lamp: {prune.allocation: lamp}, bimp: {prune.schedule: bimp}}``. Empty lists / mappings
+    mean the single value of the base config.
+    """
+
+    sparsities: list[float] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    workers: int = 1
+
+    def validate(self, path: str) -> None:
+        for i, s in enumerate(self.sparsities):
+            if not 0.0 <= s < 1.0:
+                raise ConfigError(f"{_key(path, 'sparsities')}[{i}]: expected a fraction in [0, 1)")
+        if self.workers < 1:
+            raise ConfigError(f"{_key(path, 'workers')}: expected a positive integer")
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment (``prunekit run``) or the base of a grid (``prunekit sweep``)."""
+
+    name: str = "experiment"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dense_checkpoint: str | None = None
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    seed: int = 0
+    method: str | None = None
+    output: str = "runs"
+    tracker: Literal["none", "mlflow", "wandb"] = "none"
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+    def validate(self, path: str) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.name):
+            raise ConfigError(f"name: expected letters, digits, '_', '-' or '.', got {self.name!r}")
+        if self.dense_checkpoint is not None and self.prune.schedule == "gmp":
+            raise ConfigError("dense_checkpoint: gmp prunes during training; leave it out")
+        if self.dense_checkpoint is not None and self.prune.rewind == "weights":
+            raise ConfigError(
+                "prune.rewind: 'weights' needs the dense training run (its early weights); "
+                "with dense_checkpoint use 'lr' or 'none'"
+            )
+
+    @property
+    def label(self) -> str:
+        """The method label used in reports (``method`` or criterion/allocation/schedule)."""
+        if self.method:
+            return self.method
+        p = self.prune
+        return f"{p.criterion}-{p.allocation}-{p.schedule}"
+
+
+def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
+    """``["a.b=1", "c=[1, 2]"]`` -> ``[("a.b", 1), ("c", [1, 2])]`` (values parsed as YAML)."""
+    out = []
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value (e.g. train.epochs=2)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {key}: cannot parse {raw!r}: {err}") from None
+        out.append((key.strip(), value))
+    return out
+
+
+def resolve(
+    data: dict[str, Any], overrides: list[tuple[str, Any]] | None = None
+) -> ExperimentConfig:
+    """Apply dotted overrides to plain data and build the typed config (errors name the key)."""
+    data = copy.deepcopy(data) if data is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
+    for key, value in overrides or []:
+        set_path(data, key, value)
+    return from_dict(ExperimentConfig, data)
+
+
+def load_config(
+    path: str | os.PathLike[str], overrides: list[str] | list[tuple[str, Any]] | None = None
+) -> ExperimentConfig:
+    """Read a YAML config (``yaml.safe_load``), apply ``--set`` overrides and validate it."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config: no such file {str(p)!r}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config: {str(p)!r} is not valid YAML: {err}") from None
+    pairs = [o if isinstance(o, tuple) else None for o in overrides or []]
+    if any(o is None for o in pairs):
+        pairs = parse_overrides([str(o) for o in overrides or []])
+    return resolve(data or {}, pairs)
+
+
+def _digest(data: Any) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def hashed_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The parts of the config that determine the result."""
+    data = to_dict(cfg)
+    for key in _NOT_HASHED:
+        data.pop(key, None)
+    for key in _TRAIN_NOT_HASHED:
+        data["train"].pop(key, None)
+    return data
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    """SHA-256 of the resolved config (minus output / tracker / sweep / progress settings)."""
+    return _digest(hashed_dict(cfg))
+
+
+def dense_hash(cfg: ExperimentConfig, lr_schedule: str | None = None) -> str:
+    """Hash of what determines the dense model: model, data, train, seed, dense checkpoint."""
+    data = hashed_dict(cfg)
+    train = dict(data["train"])
+    if lr_schedule is not None:
+        train["lr_schedule"] = lr_schedule
+    return _digest(
+        {
+            "model": data["model"],
+            "data": {k: v for k, v in data["data"].items() if not k.startswith("calibration")},
+            "train": train,
+            "seed": data["seed"],
+            "dense_checkpoint": data["dense_checkpoint"],
+        }
+    )

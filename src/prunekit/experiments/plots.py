@@ -1,0 +1,88 @@
+"""PNG plots of a report (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_accuracy", "plot_layer_sparsity"]
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    from prunekit.serialization import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    return path
+
+
+def plot_accuracy(rows: list[Any], path: str | Path, metric: str = "test_top1") -> Path:
+    """Accuracy vs sparsity, one line per method with error bars (std over seeds)."""
+    plt = _pyplot()
+    scale = 100.0 if metric.endswith("top1") else 1.0
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    methods: dict[str, list[Any]] = {}
+    for row in rows:
+        methods.setdefault(row.method, []).append(row)
+    for method, items in methods.items():
+        if method == "dense":
+            acc = items[0].accuracy * scale
+            ax.axhline(acc, color="gray", linestyle="--", linewidth=1, label=f"dense ({acc:.2f})")
+            continue
+        items.sort(key=lambda r: r.sparsity)
+        ax.errorbar(
+            [r.sparsity * 100 for r in items],
+            [r.accuracy * scale for r in items],
+            yerr=[r.std * scale for r in items],
+            marker="o",
+            capsize=3,
+            label=method,
+        )
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel("test top-1 accuracy (%)" if metric.endswith("top1") else metric)
+    ax.set_title("accuracy vs sparsity")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = _save(fig, Path(path))
+    plt.close(fig)
+    return path
+
+
+def plot_layer_sparsity(results: list[dict[str, Any]], directory: str | Path) -> list[Path]:
+    """Per-layer sparsity bars, one PNG per target sparsity, one bar group per method (seed 0 or
+    the first seed found)."""
+    plt = _pyplot()
+    by_sparsity: dict[float, dict[str, dict[str, float]]] = {}
+    for r in sorted(results, key=lambda r: r.get("seed", 0)):
+        layers = r.get("layer_sparsity")
+        if not layers:
+            continue
+        s = round(float(r.get("target_sparsity", r.get("sparsity", 0))), 6)
+        by_sparsity.setdefault(s, {}).setdefault(str(r["method"]), layers)
+    paths = []
+    for s, methods in sorted(by_sparsity.items()):
+        names = list(next(iter(methods.values())))
+        width = 0.8 / max(len(methods), 1)
+        fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) * max(1, len(methods) / 2)), 4))
+        for i, (method, layers) in enumerate(sorted(methods.items())):
+            xs = [k + i * width for k in range(len(names))]
+            ax.bar(xs, [100 * layers.get(n, 0.0) for n in names], width=width, label=method)
+        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(names))])
+        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+        ax.set_ylabel("layer sparsity (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"per-layer sparsity at {s:.0%} overall")
+        ax.legend(fontsize=8)
+        paths.append(_save(fig, Path(directory) / f"layer_sparsity_{round(s * 100):02d}.png"))
+        plt.close(fig)
+    return paths

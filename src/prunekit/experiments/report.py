@@ -1,0 +1,274 @@
+"""Reports over finished runs: method x sparsity tables (terminal, Markdown, CSV) and plots.
+
+Columns follow ShrinkBench: accuracy (mean and sample standard deviation over seeds), parameters,
+non-zero parameters, dense MACs, non-zero MACs, theoretical speedup (dense / non-zero MACs) and
+compression ratio (parameters / non-zeros). Cost columns are means over seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prunekit.report import format_table
+
+__all__ = ["ReportRow", "aggregate", "collect_results", "format_rows", "write_report"]
+
+HEADER = [
+    "method",
+    "sparsity",
+    "seeds",
+    "accuracy",
+    "std",
+    "params",
+    "nonzeros",
+    "dense MACs",
+    "non-zero MACs",
+    "speedup",
+    "compression",
+]
+
+
+def collect_results(directory: str | Path) -> list[dict[str, Any]]:
+    """Every finished run under ``directory`` (an output root, a ``runs`` folder or one run)."""
+    root = Path(directory)
+    if not root.exists():
+        raise FileNotFoundError(f"directory: no such directory {str(root)!r}")
+    files = [root / "result.json"] if (root / "result.json").is_file() else []
+    files += sorted(p for p in root.rglob("result.json") if p.parent != root)
+    results = []
+    for path in files:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and "final" in data and "method" in data:
+            data.setdefault("run_dir", str(path.parent))
+            results.append(data)
+    return results
+
+
+@dataclass
+class ReportRow:
+    """One (method, sparsity) cell aggregated over seeds."""
+
+    method: str
+    sparsity: float
+    seeds: list[int]
+    accuracy: float
+    std: float
+    params: float
+    nonzeros: float
+    dense_macs: float
+    nonzero_macs: float
+    speedup: float
+    compression: float
+    runs: list[str] = field(default_factory=list)
+    accuracies: list[float] = field(default_factory=list)
+
+
+def _metric_key(results: list[dict[str, Any]]) -> str:
+    for key in ("test_top1", "test_perplexity", "test_loss"):
+        if all(key in r.get("final", {}) for r in results):
+            return key
+    return "test_loss"
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(results: list[dict[str, Any]], metric: str | None = None) -> list[ReportRow]:
+    """Rows per (method, target sparsity), plus a ``dense`` row per distinct dense baseline."""
+    metric = metric or _metric_key(results)
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in results:
+        key = (str(r["method"]), round(float(r.get("target_sparsity", r.get("sparsity", 0))), 6))
+        groups.setdefault(key, []).append(r)
+    rows = []
+    dense_accs: dict[int, float] = {}
+    dense_costs: dict[int, dict[str, Any]] = {}
+    for r in results:
+        if metric in r.get("dense", {}):
+            dense_accs.setdefault(int(r.get("seed", 0)), float(r["dense"][metric]))
+            dense_costs.setdefault(int(r.get("seed", 0)), r.get("costs", {}))
+    if dense_accs:
+        accs = [dense_accs[s] for s in sorted(dense_accs)]
+        costs = next(iter(dense_costs.values()))
+        params, dense = float(costs.get("params", 0)), float(costs.get("dense_macs", 0))
+        rows.append(
+            ReportRow(
+                "dense",
+                0.0,
+                sorted(dense_accs),
+                _mean(accs),
+                _std(accs),
+                params,
+                params,
+                dense,
+                dense,
+                1.0,
+                1.0,
+                [],
+                accs,
+            )  # fmt: skip
+        )
+    for (method, sparsity), group in sorted(groups.items()):
+        group.sort(key=lambda r: r.get("seed", 0))
+        accs = [float(r["final"].get(metric, float("nan"))) for r in group]
+
+        def cost(key: str, group: list[dict[str, Any]] = group) -> float:
+            return _mean([float(r.get("costs", {}).get(key, float("nan"))) for r in group])
+
+        rows.append(
+            ReportRow(
+                method,
+                sparsity,
+                [int(r.get("seed", 0)) for r in group],
+                _mean(accs),
+                _std(accs),
+                cost("params"),
+                cost("nonzeros"),
+                cost("dense_macs"),
+                cost("nonzero_macs"),
+                cost("speedup"),
+                cost("compression"),
+                [str(r.get("run_dir", "")) for r in group],
+                accs,
+            )
+        )
+    return rows
+
+
+def _num(x: float) -> str:
+    if math.isnan(x):
+        return "-"
+    if abs(x) >= 1e6:
+        return f"{x / 1e6:.3f}M"
+    if abs(x) >= 1e4:
+        return f"{x / 1e3:.1f}k"
+    return f"{x:.0f}"
+
+
+def _cells(row: ReportRow, metric: str) -> list[str]:
+    scale = 100.0 if metric.endswith("top1") else 1.0
+    return [
+        row.method,
+        f"{row.sparsity:.2%}" if row.method != "dense" else "0%",
+        str(len(row.seeds)),
+        f"{row.accuracy * scale:.2f}",
+        f"{row.std * scale:.2f}",
+        _num(row.params),
+        _num(row.nonzeros),
+        _num(row.dense_macs),
+        _num(row.nonzero_macs),
+        f"{row.speedup:.2f}x",
+        f"{row.compression:.2f}x",
+    ]
+
+
+def _header(metric: str) -> list[str]:
+    name = "top-1 %" if metric.endswith("top1") else metric
+    return [name if h == "accuracy" else ("± std" if h == "std" else h) for h in HEADER]
+
+
+def format_rows(rows: list[ReportRow], metric: str = "test_top1") -> str:
+    """The terminal table."""
+    return format_table(_header(metric), [_cells(r, metric) for r in rows])
+
+
+def markdown_table(rows: list[ReportRow], metric: str = "test_top1") -> str:
+    """The table as GitHub Markdown."""
+    header = _header(metric)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        lines.append("| " + " | ".join(_cells(r, metric)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(rows: list[ReportRow], metric: str = "test_top1") -> str:
+    """Machine-readable CSV with exact numbers (one line per method x sparsity)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(
+        [
+            "method",
+            "sparsity",
+            "seeds",
+            f"{metric}_mean",
+            f"{metric}_std",
+            "params",
+            "nonzeros",
+            "dense_macs",
+            "nonzero_macs",
+            "speedup",
+            "compression",
+            "runs",
+        ]  # fmt: skip
+    )
+    for r in rows:
+        writer.writerow(
+            [
+                r.method,
+                r.sparsity,
+                " ".join(map(str, r.seeds)),
+                r.accuracy,
+                r.std,
+                r.params,
+                r.nonzeros,
+                r.dense_macs,
+                r.nonzero_macs,
+                r.speedup,
+                r.compression,
+                " ".join(r.runs),
+            ]  # fmt: skip
+        )
+    return buf.getvalue()
+
+
+def write_report(
+    directory: str | Path, out: str | Path | None = None, *, plots: bool = True
+) -> dict[str, Any]:
+    """Collect the runs under ``directory``; write ``report.md``, ``report.csv`` and PNG plots.
+
+    Returns ``{"rows", "table", "files", "runs"}``; files go to ``out`` (default ``directory``).
+    """
+    from prunekit.serialization import atomic_path
+
+    results = collect_results(directory)
+    if not results:
+        raise ValueError(f"directory: no finished runs (result.json) under {str(directory)!r}")
+    metric = _metric_key(results)
+    rows = aggregate(results, metric)
+    target = Path(out) if out is not None else Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    table = format_rows(rows, metric)
+    files = {}
+    md = (
+        f"# prunekit report\n\n{len(results)} runs under `{directory}`; accuracy = {metric} "
+        "(mean and sample std over seeds); MACs per example (ShrinkBench definitions).\n\n"
+        + markdown_table(rows, metric)
+    )
+    for name, text in (("report.md", md), ("report.csv", csv_text(rows, metric))):
+        with atomic_path(target / name) as tmp:
+            tmp.write_text(text)
+        files[name] = str(target / name)
+    if plots:
+        from prunekit.experiments.plots import plot_accuracy, plot_layer_sparsity
+
+        files["accuracy_vs_sparsity.png"] = str(
+            plot_accuracy(rows, target / "accuracy_vs_sparsity.png", metric)
+        )
+        for path in plot_layer_sparsity(results, target):
+            files[path.name] = str(path)
+    return {"rows": rows, "table": table, "files": files, "runs": results, "metric": metric}

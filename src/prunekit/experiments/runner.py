@@ -1,0 +1,636 @@
+"""Run one experiment end to end in a resumable run directory.
+
+A run is a chain of stages, each of which skips itself when its outputs exist (OpenLTH style);
+inside a stage the Trainer checkpoints every ``train.checkpoint_every`` iterations, so a run killed
+at any point resumes from its last checkpoint and ends with the same result::
+
+    <output>/dense/<dense-hash>/      shared by every run with the same model, data, train, seed
+        init.safetensors  model.safetensors  metrics.json  [rewind_<k>.safetensors]  ckpt/
+    <output>/runs/<name>-<config-hash>/
+        config.yaml  log.txt
+        phase_<j>/  masks.safetensors  model.safetensors  phase.json  ckpt/
+        final/      model.compressed.safetensors  masks.safetensors  metrics.json
+        result.json                         (written last: the run is finished)
+    <output>/results.sqlite                 one row per run (config hash, status, metrics)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import inspect
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from prunekit.data import create_dataset
+from prunekit.data.base import DatasetBundle
+from prunekit.experiments.config import (
+    ExperimentConfig,
+    config_hash,
+    dense_hash,
+)
+from prunekit.experiments.store import ResultsStore
+from prunekit.experiments.typed import to_dict
+from prunekit.masks import MaskSet
+from prunekit.prune import compute_masks, pruning_plan
+from prunekit.schedules import BIMP, GMP, IMP
+from prunekit.serialization import load_safetensors, save_safetensors, write_json
+from prunekit.training.lr import LRW, LRSchedule, make_lr_schedule, make_retrain_schedule
+from prunekit.training.recipes import GMPCallback, PruneSpec, pruning_norm_change
+from prunekit.training.trainer import Callback, Trainer, evaluate, make_optimizer
+
+__all__ = [
+    "RunLog",
+    "build_data",
+    "build_model",
+    "dense_dir",
+    "dry_run",
+    "run_dir",
+    "run_experiment",
+    "train_dense",
+]
+
+
+# ---------------------------------------------------------------------- paths and logging
+def run_dir(cfg: ExperimentConfig) -> Path:
+    """``<output>/runs/<name>-<first 10 hex digits of the config hash>``."""
+    return Path(cfg.output) / "runs" / f"{cfg.name}-{config_hash(cfg)[:10]}"
+
+
+def _dense_schedule_name(cfg: ExperimentConfig) -> str:
+    # Budgeted IMP trains the dense model with a linear-decay schedule.
+    return "linear" if cfg.prune.schedule == "bimp" else cfg.train.lr_schedule
+
+
+def dense_dir(cfg: ExperimentConfig) -> Path:
+    """``<output>/dense/<dense hash>``: shared by runs with the same model, data, train, seed."""
+    return Path(cfg.output) / "dense" / dense_hash(cfg, _dense_schedule_name(cfg))[:12]
+
+
+class RunLog:
+    """Appends timestamped lines to ``log.txt`` and echoes them (unless ``quiet``)."""
+
+    def __init__(self, path: Path | None, quiet: bool = False) -> None:
+        self.path = path
+        self.quiet = quiet
+
+    def __call__(self, message: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as fh:
+                fh.write(line + "\n")
+        if not self.quiet:
+            print(line, flush=True)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """An exclusive lock on ``directory`` (parallel runs sharing a dense model wait for it)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _save_state(model: nn.Module, path: Path, meta: dict[str, Any] | None = None) -> None:
+    # Clones: tied weights share storage, which safetensors refuses to write twice.
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    save_safetensors(state, path, meta or {})
+
+
+def _load_state(model: nn.Module, path: Path) -> None:
+    tensors, meta = load_safetensors(path)
+    if meta.get("format", "").startswith("prunekit-compressed"):
+        from prunekit.export import load_compressed
+
+        tensors = load_compressed(path)
+    model.load_state_dict(tensors)
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------------- building blocks
+def build_data(cfg: ExperimentConfig) -> DatasetBundle:
+    """The data set of ``cfg.data``."""
+    return create_dataset(cfg.data.name, **cfg.data.kwargs)
+
+
+def model_kwargs(cfg: ExperimentConfig, data: DatasetBundle) -> dict[str, Any]:
+    """``cfg.model.kwargs`` plus input / output sizes taken from the data set when left out."""
+    from prunekit.models import MODELS
+
+    kwargs = dict(cfg.model.kwargs)
+    try:
+        params = inspect.signature(MODELS.get(cfg.model.name)).parameters
+    except (TypeError, ValueError):
+        return kwargs
+    shape = tuple(int(s) for s in data.input_shape)
+    guesses: dict[str, Any] = {"num_classes": data.num_classes}
+    if data.task == "lm":
+        guesses = {"vocab_size": data.num_classes}
+    if len(shape) == 1:
+        guesses["length"] = shape[0]
+    if len(shape) == 3:
+        guesses["in_channels"] = shape[0]
+        guesses["image_size"] = shape[-1]
+    guesses["in_features"] = math.prod(shape)
+    for key, value in guesses.items():
+        if key in params and key not in kwargs:
+            kwargs[key] = value
+    return kwargs
+
+
+def build_model(cfg: ExperimentConfig, data: DatasetBundle) -> nn.Module:
+    """The model of ``cfg.model``, initialised under ``torch.manual_seed(cfg.seed)``."""
+    from prunekit.models import create_model
+
+    torch.manual_seed(cfg.seed)
+    return create_model(cfg.model.name, **model_kwargs(cfg, data))
+
+
+def _original_schedule(cfg: ExperimentConfig, data: DatasetBundle, name: str) -> LRSchedule:
+    per_epoch = max(1, math.ceil(len(data.train) / cfg.train.batch_size))
+    total = max(1, int(round(cfg.train.epochs * per_epoch)))
+    return make_lr_schedule(name, cfg.train.lr, total)
+
+
+def _iterations(cfg: ExperimentConfig, data: DatasetBundle, epochs: float) -> int:
+    per_epoch = max(1, math.ceil(len(data.train) / cfg.train.batch_size))
+    return int(round(epochs * per_epoch))
+
+
+def _calibration(cfg: ExperimentConfig, data: DatasetBundle) -> list[tuple[torch.Tensor, ...]]:
+    n, bs = cfg.data.calibration_batches, cfg.data.calibration_batch_size
+    x, y = data.train.x, data.train.y
+    return [
+        (x[i * bs : (i + 1) * bs], y[i * bs : (i + 1) * bs]) for i in range(n) if i * bs < len(x)
+    ]
+
+
+def _compute_masks(
+    cfg: ExperimentConfig,
+    model: nn.Module,
+    data: DatasetBundle,
+    target: float,
+    masks: MaskSet | None,
+    seed: int,
+) -> MaskSet:
+    from prunekit.criteria import create_criterion
+
+    p = cfg.prune
+    needs_data = create_criterion(p.criterion, **p.criterion_options).requires_data
+    return compute_masks(
+        model,
+        target,
+        p.criterion,
+        p.allocation,
+        targets=p.targets.build(),
+        masks=masks,
+        min_keep=p.min_keep,
+        data=_calibration(cfg, data) if needs_data else None,
+        seed=seed,
+        criterion_options=p.criterion_options or None,
+    )
+
+
+def _fit(
+    cfg: ExperimentConfig,
+    model: nn.Module,
+    data: DatasetBundle,
+    schedule: LRSchedule,
+    iterations: int,
+    masks: MaskSet | None,
+    seed: int,
+    ckpt: Path | None,
+    callbacks: list[Callback] | None = None,
+) -> Trainer:
+    t = cfg.train
+    optimizer = make_optimizer(model, t.optimizer, t.lr, t.momentum, t.weight_decay, t.nesterov)
+    trainer = Trainer(
+        model,
+        data.train,
+        optimizer=optimizer,
+        lr_schedule=schedule,
+        iterations=iterations,
+        batch_size=t.batch_size,
+        masks=masks,
+        task=data.task,
+        augment=data.augment,
+        device=t.device,
+        seed=seed,
+        callbacks=callbacks or [],
+        progress=t.progress,
+        checkpoint_dir=ckpt,
+        checkpoint_every=t.checkpoint_every if ckpt is not None else None,
+    )
+    trainer.fit(resume=True)
+    return trainer
+
+
+def _metrics(model: nn.Module, data: DatasetBundle) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if len(data.val):
+        out.update({f"val_{k}": v for k, v in evaluate(model, data.val, task=data.task).items()})
+    out.update({f"test_{k}": v for k, v in evaluate(model, data.test, task=data.task).items()})
+    return out
+
+
+# ---------------------------------------------------------------------- stages
+@dataclass
+class _Context:
+    cfg: ExperimentConfig
+    data: DatasetBundle
+    log: RunLog
+    original: LRSchedule
+
+
+def _dense_stage(ctx: _Context, model: nn.Module) -> dict[str, Any]:
+    """Train (or load) the dense model; its weights end up in ``model``."""
+    cfg, directory = ctx.cfg, dense_dir(ctx.cfg)
+    with _locked(directory):
+        done = directory / "metrics.json"
+        if done.is_file():
+            _load_state(model, directory / "model.safetensors")
+            ctx.log(f"dense model: reused {directory}")
+            return _read_json(done)
+        if cfg.dense_checkpoint is not None:
+            _load_state(model, Path(cfg.dense_checkpoint))
+            ctx.log(f"dense model: loaded {cfg.dense_checkpoint}")
+            iterations = 0
+        else:
+            if not (directory / "init.safetensors").is_file():
+                _save_state(model, directory / "init.safetensors")
+            ctx.log(f"dense training: {ctx.original.total} iterations in {directory}")
+            _fit(cfg, model, ctx.data, ctx.original, ctx.original.total, None, cfg.seed,
+                 directory / "ckpt")  # fmt: skip
+            iterations = ctx.original.total
+        _save_state(model, directory / "model.safetensors")
+        result = {"metrics": _metrics(model, ctx.data), "iterations": iterations}
+        write_json(result, done)
+        shutil.rmtree(directory / "ckpt", ignore_errors=True)
+        ctx.log(f"dense model: {_fmt(result['metrics'])}")
+        return result
+
+
+def train_dense(cfg: ExperimentConfig, *, quiet: bool = True) -> dict[str, Any]:
+    """Train (or reuse) the dense model of ``cfg`` in its shared dense directory."""
+    if cfg.train.threads is not None:
+        torch.set_num_threads(cfg.train.threads)
+    data = build_data(cfg)
+    model = build_model(cfg, data)
+    log = RunLog(dense_dir(cfg) / "log.txt", quiet=quiet)
+    ctx = _Context(cfg, data, log, _original_schedule(cfg, data, _dense_schedule_name(cfg)))
+    return _dense_stage(ctx, model)
+
+
+def _rewind_state(ctx: _Context, model: nn.Module, k: int) -> dict[str, torch.Tensor]:
+    """theta_k of the dense run (k = 0: the initialisation), replayed from init if not stored."""
+    directory = dense_dir(ctx.cfg)
+    if k == 0:
+        return load_safetensors(directory / "init.safetensors")[0]
+    path = directory / f"rewind_{k}.safetensors"
+    with _locked(directory):
+        if not path.is_file():
+            # The first k steps of a fresh run are a pure function of (init, seed, schedule).
+            scratch = build_model(ctx.cfg, ctx.data)
+            _load_state(scratch, directory / "init.safetensors")
+            _fit(ctx.cfg, scratch, ctx.data, ctx.original, k, None, ctx.cfg.seed, None)
+            _save_state(scratch, path)
+    return load_safetensors(path)[0]
+
+
+@dataclass
+class _Phase:
+    target: float
+    iterations: int
+    schedule_name: str
+
+
+def _phases(ctx: _Context) -> list[_Phase]:
+    cfg, p = ctx.cfg, ctx.cfg.prune
+    retrain_epochs = cfg.retrain.epochs
+    default_its = (
+        ctx.original.total if retrain_epochs is None else _iterations(cfg, ctx.data, retrain_epochs)
+    )
+    if p.schedule == "one_shot":
+        return [_Phase(p.sparsity, default_its, cfg.retrain.schedule)]
+    if p.schedule == "bimp":
+        sched = BIMP(p.sparsity, p.phases, _iterations(cfg, ctx.data, retrain_epochs or 0.0))
+        return [_Phase(t, b, "allr") for t, b in zip(sched.targets(), sched.budgets())]
+    imp = IMP(p.sparsity, p.phases)
+    if p.rewind == "weights":
+        its = ctx.original.total - p.rewind_iteration
+        return [_Phase(t, its, "rewind_weights") for t in imp.targets()]
+    name = "lrw" if p.rewind == "lr" else cfg.retrain.schedule
+    return [_Phase(t, default_its, name) for t in imp.targets()]
+
+
+def _phase_schedule(
+    ctx: _Context, phase: _Phase, model: nn.Module, before: MaskSet | None, after: MaskSet
+) -> LRSchedule | None:
+    if phase.iterations <= 0:
+        return None
+    if phase.schedule_name in ("rewind_weights", "lrw"):
+        return LRW(ctx.original, phase.iterations)
+    if phase.schedule_name == "allr":
+        d, s = pruning_norm_change(model, before, after)
+        return make_retrain_schedule(
+            "allr", ctx.original, phase.iterations, norm_change=d, pruned_fraction=max(s, 1e-12)
+        )
+    return make_retrain_schedule(phase.schedule_name, ctx.original, phase.iterations)
+
+
+def _prune_retrain_stages(
+    ctx: _Context, model: nn.Module, root: Path
+) -> tuple[MaskSet, list[dict[str, Any]]]:
+    cfg = ctx.cfg
+    masks: MaskSet | None = None
+    results: list[dict[str, Any]] = []
+    for j, phase in enumerate(_phases(ctx), start=1):
+        pdir = root / f"phase_{j}"
+        done = pdir / "phase.json"
+        if done.is_file():
+            _load_state(model, pdir / "model.safetensors")
+            masks = MaskSet.load(pdir / "masks.safetensors")
+            results.append(_read_json(done))
+            ctx.log(f"phase {j}: done, skipped")
+            continue
+        pdir.mkdir(parents=True, exist_ok=True)
+        if (pdir / "masks.safetensors").is_file():
+            new = MaskSet.load(pdir / "masks.safetensors")
+        else:
+            new = _compute_masks(cfg, model, ctx.data, phase.target, masks, cfg.seed + j)
+            new.save(pdir / "masks.safetensors")
+        schedule = _phase_schedule(ctx, phase, model, masks, new)
+        if phase.schedule_name == "rewind_weights":
+            model.load_state_dict(_rewind_state(ctx, model, cfg.prune.rewind_iteration))
+        new.apply(model)
+        pruned = _metrics(model, ctx.data)
+        ctx.log(
+            f"phase {j}: pruned to {new.sparsity:.4f} ({_fmt(pruned)}); retraining "
+            f"{phase.iterations} iterations ({phase.schedule_name})"
+        )
+        if schedule is not None:
+            _fit(cfg, model, ctx.data, schedule, phase.iterations, new, cfg.seed + 1000 * j,
+                 pdir / "ckpt")  # fmt: skip
+        lr0 = 0.0
+        if schedule is not None:
+            lr0 = float(getattr(schedule, "eta0", schedule.lr_at(0)))
+        result = {
+            "phase": j,
+            "target_sparsity": phase.target,
+            "sparsity": new.sparsity,
+            "retrain_schedule": phase.schedule_name,
+            "retrain_iterations": phase.iterations,
+            "lr0": lr0,
+            "pruned": pruned,
+            "retrained": _metrics(model, ctx.data),
+        }
+        _save_state(model, pdir / "model.safetensors")
+        write_json(result, done)
+        shutil.rmtree(pdir / "ckpt", ignore_errors=True)
+        ctx.log(f"phase {j}: retrained ({_fmt(result['retrained'])})")
+        masks = new
+        results.append(result)
+    assert masks is not None
+    return masks, results
+
+
+class _GMP(GMPCallback):
+    """GMP with the config's criterion options and calibration data."""
+
+    def __init__(self, schedule: GMP, ctx: _Context) -> None:
+        super().__init__(schedule, PruneSpec(), seed=ctx.cfg.seed)
+        self.ctx = ctx
+
+    def _maybe_prune(self, trainer: Trainer) -> None:
+        t = trainer.iteration
+        if t not in self._steps:
+            return
+        target = self.schedule.sparsity_at(t)
+        current = trainer.masks.sparsity if trainer.masks is not None else 0.0
+        if target <= current and trainer.masks is not None:
+            return
+        new = _compute_masks(
+            self.ctx.cfg, trainer.model, self.ctx.data, target, trainer.masks, self.seed + t
+        )
+        trainer.set_masks(new)
+        self.trajectory.append((t, new.sparsity))
+
+
+def _gmp_stage(ctx: _Context, model: nn.Module, root: Path) -> tuple[MaskSet, list[dict]]:
+    cfg, p = ctx.cfg, ctx.cfg.prune
+    pdir = root / "phase_1"
+    done = pdir / "phase.json"
+    if done.is_file():
+        _load_state(model, pdir / "model.safetensors")
+        return MaskSet.load(pdir / "masks.safetensors"), [_read_json(done)]
+    schedule = GMP.for_training(
+        p.sparsity, ctx.original.total, p.gmp_start, p.gmp_end, p.gmp_frequency
+    )
+    ctx.log(f"gmp: training {ctx.original.total} iterations, pruning to {p.sparsity}")
+    trainer = _fit(cfg, model, ctx.data, ctx.original, ctx.original.total, None, cfg.seed,
+                   pdir / "ckpt", callbacks=[_GMP(schedule, ctx)])  # fmt: skip
+    masks = trainer.masks if trainer.masks is not None else MaskSet()
+    trainer.set_masks(None)
+    final = _metrics(model, ctx.data)
+    result = {
+        "phase": 1,
+        "target_sparsity": p.sparsity,
+        "sparsity": masks.sparsity,
+        "retrain_schedule": "during_training",
+        "retrain_iterations": 0,
+        "lr0": ctx.original.lr_at(0),
+        "pruned": final,
+        "retrained": final,
+    }
+    masks.save(pdir / "masks.safetensors")
+    _save_state(model, pdir / "model.safetensors")
+    write_json(result, done)
+    shutil.rmtree(pdir / "ckpt", ignore_errors=True)
+    return masks, [result]
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    keys = [k for k in ("test_top1", "test_loss", "test_perplexity") if k in metrics]
+    return ", ".join(f"{k}={metrics[k]:.4f}" for k in keys)
+
+
+def _example(data: DatasetBundle) -> torch.Tensor:
+    return data.test.x[:1]
+
+
+def final_metrics(
+    cfg: ExperimentConfig, model: nn.Module, data: DatasetBundle, masks: MaskSet
+) -> dict[str, Any]:
+    """Costs, file sizes, latency and PQ indices of the final sparse model."""
+    from prunekit.metrics import file_sizes, measure_latency, model_costs, pq_indices
+
+    example = _example(data).to(next(model.parameters()).device)
+    out: dict[str, Any] = {"costs": model_costs(model, example).to_dict()}
+    out["layer_sparsity"] = masks.layer_sparsity()
+    if cfg.metrics.file_sizes:
+        out["files"] = file_sizes(model)
+    if cfg.metrics.latency:
+        out["latency_s"] = measure_latency(model, example, repeats=cfg.metrics.latency_repeats)
+    pqi = pq_indices(model)
+    if pqi is not None:
+        out["pq_index"] = pqi
+    return out
+
+
+# ---------------------------------------------------------------------- public entry points
+def resolved_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def run_experiment(
+    cfg: ExperimentConfig, *, quiet: bool = False, store: ResultsStore | None = None
+) -> dict[str, Any]:
+    """Run ``cfg`` end to end (or resume it); return the run's result (also in ``result.json``).
+
+    A finished run is not run again: its stored result is returned.
+    """
+    from prunekit.experiments.trackers import make_tracker
+
+    root = run_dir(cfg)
+    chash = config_hash(cfg)
+    done = root / "result.json"
+    store = store if store is not None else ResultsStore(cfg.output)
+    log = RunLog(root / "log.txt", quiet=quiet)
+    if done.is_file():
+        result = _read_json(done)
+        if not quiet:
+            print(f"already finished: {root}")
+        store.record(root.name, chash, to_dict(cfg), "done", _summary(result), str(root), cfg.label)
+        return result
+    tracker = make_tracker(cfg.tracker, cfg, root)  # fails early when not installed
+    if cfg.train.threads is not None:
+        torch.set_num_threads(cfg.train.threads)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.yaml").write_text(resolved_yaml(cfg))
+    store.record(root.name, chash, to_dict(cfg), "running", None, str(root), cfg.label)
+    start = time.perf_counter()
+    try:
+        log(f"run {root} (config hash {chash[:10]})")
+        data = build_data(cfg)
+        model = build_model(cfg, data)
+        ctx = _Context(cfg, data, log, _original_schedule(cfg, data, _dense_schedule_name(cfg)))
+        if cfg.prune.schedule == "gmp":
+            dense: dict[str, Any] = {"metrics": {}, "iterations": 0}
+            masks, phases = _gmp_stage(ctx, model, root)
+            dense_iterations = ctx.original.total
+        else:
+            dense = _dense_stage(ctx, model)
+            dense_iterations = dense["iterations"]
+            masks, phases = _prune_retrain_stages(ctx, model, root)
+        masks.finalize(model)
+        final_dir = root / "final"
+        final_dir.mkdir(exist_ok=True)
+        from prunekit.export import save_compressed
+
+        save_compressed({k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                        final_dir / "model.compressed.safetensors")  # fmt: skip
+        masks.save(final_dir / "masks.safetensors")
+        extra = final_metrics(cfg, model, data, masks)
+        result = {
+            "name": cfg.name,
+            "method": cfg.label,
+            "config_hash": chash,
+            "seed": cfg.seed,
+            "schedule": cfg.prune.schedule,
+            "target_sparsity": cfg.prune.sparsity,
+            "sparsity": masks.sparsity,
+            "dense": dense["metrics"],
+            "final": phases[-1]["retrained"],
+            "phases": phases,
+            "iterations": {
+                "dense": dense_iterations,
+                "retrain": sum(p["retrain_iterations"] for p in phases),
+            },
+            **extra,
+            "run_dir": str(root),
+            "wall_s": time.perf_counter() - start,
+        }
+        write_json(result, final_dir / "metrics.json")
+        write_json(result, done)
+        log(f"finished: {_fmt(result['final'])}, sparsity {masks.sparsity:.4f}; outputs in {root}")
+    except BaseException:
+        store.record(root.name, chash, to_dict(cfg), "failed", None, str(root), cfg.label)
+        raise
+    store.record(root.name, chash, to_dict(cfg), "done", _summary(result), str(root), cfg.label)
+    tracker.log_run(cfg, result, root)
+    tracker.close()
+    return result
+
+
+def _summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The flat metrics stored in the results database."""
+    costs = result.get("costs", {})
+    out = {
+        "method": result.get("method"),
+        "seed": result.get("seed"),
+        "target_sparsity": result.get("target_sparsity"),
+        "sparsity": result.get("sparsity"),
+        **{f"final_{k}": v for k, v in result.get("final", {}).items()},
+        **{f"dense_{k}": v for k, v in result.get("dense", {}).items()},
+    }
+    for key in ("params", "nonzeros", "dense_macs", "nonzero_macs", "speedup", "compression"):
+        if key in costs:
+            out[key] = costs[key]
+    return out
+
+
+def dry_run(
+    cfg: ExperimentConfig, out: Callable[[str], None] = print
+) -> dict[str, tuple[int, int]]:
+    """Print the resolved config and the per-layer pruning plan at the final sparsity; no training."""
+    from prunekit.criteria import create_criterion
+    from prunekit.report import format_table
+
+    out("# resolved config")
+    out(resolved_yaml(cfg).rstrip())
+    out(f"# run directory: {run_dir(cfg)}")
+    out(f"# config hash: {config_hash(cfg)}")
+    data = build_data(cfg)
+    model = build_model(cfg, data)
+    p = cfg.prune
+    needs_data = create_criterion(p.criterion, **p.criterion_options).requires_data
+    plan = pruning_plan(
+        model,
+        p.sparsity,
+        p.criterion,
+        p.allocation,
+        targets=p.targets.build(),
+        min_keep=p.min_keep,
+        data=_calibration(cfg, data) if needs_data else None,
+        seed=cfg.seed,
+        criterion_options=p.criterion_options or None,
+    )
+    rows = [[name, str(n), str(k), f"{k / n:.4f}" if n else "0"] for name, (n, k) in plan.items()]
+    total = sum(n for n, _ in plan.values())
+    pruned = sum(k for _, k in plan.values())
+    rows.append(["total", str(total), str(pruned), f"{pruned / max(total, 1):.4f}"])
+    out(f"# pruning plan ({p.criterion}, {p.allocation}, sparsity {p.sparsity}; "
+        f"schedule {p.schedule}; at initialisation)")  # fmt: skip
+    out(format_table(["layer", "params", "pruned", "sparsity"], rows))
+    sys.stdout.flush()
+    return plan
