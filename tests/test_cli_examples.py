@@ -27,6 +27,8 @@ def _tiny(path: Path, tmp_path: Path) -> list[str]:
         sets.append("model.kwargs.hidden=[16]")
     if cfg.model.name == "cnn1d":
         sets.append("model.kwargs.channels=4")
+    if cfg.prune.gmp_frequency is not None:
+        sets.append("prune.gmp_frequency=2")
     sets.append(f"output={tmp_path / 'out'}")
     if cfg.dense_checkpoint is not None:
         # train the dense model it needs with the same architecture

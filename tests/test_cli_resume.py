@@ -24,11 +24,11 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 def _config(path: Path, output: Path) -> Path:
     data = {
         "name": "killme",
-        "model": {"name": "mlp", "kwargs": {"hidden": [256, 256]}},
+        "model": {"name": "mlp", "kwargs": {"hidden": [128, 128]}},
         "data": {"name": "digits"},
-        "train": {"epochs": 12, "batch_size": 32, "lr": 0.05, "threads": 1, "checkpoint_every": 5},
+        "train": {"epochs": 6, "batch_size": 32, "lr": 0.05, "threads": 1, "checkpoint_every": 5},
         "prune": {"sparsity": 0.9, "schedule": "imp", "phases": 2, "rewind": "lr"},
-        "retrain": {"epochs": 6},
+        "retrain": {"epochs": 3},
         "output": str(output),
     }
     path.write_text(yaml.safe_dump(data))

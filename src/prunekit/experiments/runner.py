@@ -21,6 +21,7 @@ import fcntl
 import inspect
 import json
 import math
+import re
 import shutil
 import sys
 import time
@@ -41,7 +42,7 @@ from prunekit.experiments.config import (
     dense_hash,
 )
 from prunekit.experiments.store import ResultsStore
-from prunekit.experiments.typed import to_dict
+from prunekit.experiments.typed import ConfigError, to_dict
 from prunekit.masks import MaskSet
 from prunekit.prune import compute_masks, pruning_plan
 from prunekit.schedules import BIMP, GMP, IMP
@@ -64,8 +65,15 @@ __all__ = [
 
 # ---------------------------------------------------------------------- paths and logging
 def run_dir(cfg: ExperimentConfig) -> Path:
-    """``<output>/runs/<name>-<first 10 hex digits of the config hash>``."""
-    return Path(cfg.output) / "runs" / f"{cfg.name}-{config_hash(cfg)[:10]}"
+    """``<output>/runs/<name>[-<method>-sp<sparsity %>-seed<seed>]-<10 hex digits of the hash>``.
+
+    The method part is added for sweep arms (``cfg.method`` set) so that folders are readable.
+    """
+    parts = [cfg.name]
+    if cfg.method:
+        label = re.sub(r"[^A-Za-z0-9_.\-]", "_", cfg.method)
+        parts += [label, f"sp{round(cfg.prune.sparsity * 100, 2):g}", f"seed{cfg.seed}"]
+    return Path(cfg.output) / "runs" / "-".join([*parts, config_hash(cfg)[:10]])
 
 
 def _dense_schedule_name(cfg: ExperimentConfig) -> str:
@@ -442,9 +450,12 @@ def _gmp_stage(ctx: _Context, model: nn.Module, root: Path) -> tuple[MaskSet, li
     if done.is_file():
         _load_state(model, pdir / "model.safetensors")
         return MaskSet.load(pdir / "masks.safetensors"), [_read_json(done)]
-    schedule = GMP.for_training(
-        p.sparsity, ctx.original.total, p.gmp_start, p.gmp_end, p.gmp_frequency
-    )
+    try:
+        schedule = GMP.for_training(
+            p.sparsity, ctx.original.total, p.gmp_start, p.gmp_end, p.gmp_frequency
+        )
+    except ValueError as err:
+        raise ConfigError(f"prune.gmp_frequency / gmp_start / gmp_end: {err}") from None
     ctx.log(f"gmp: training {ctx.original.total} iterations, pruning to {p.sparsity}")
     trainer = _fit(cfg, model, ctx.data, ctx.original, ctx.original.total, None, cfg.seed,
                    pdir / "ckpt", callbacks=[_GMP(schedule, ctx)])  # fmt: skip
@@ -568,6 +579,7 @@ def run_experiment(
             },
             **extra,
             "run_dir": str(root),
+            "dense_dir": None if cfg.prune.schedule == "gmp" else str(dense_dir(cfg)),
             "wall_s": time.perf_counter() - start,
         }
         write_json(result, final_dir / "metrics.json")
