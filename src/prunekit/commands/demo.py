@@ -13,10 +13,9 @@ EXAMPLE = """examples:
   prunekit demo --small          # a reduced version in a few seconds
 
 Trains a small 1-D CNN on MNIST-1D (generated locally, nothing is downloaded) for two seeds,
-prunes it to 50/80/90/95%
-sparsity with global magnitude, uniform magnitude, LAMP and BIMP, retrains, then prints the
-table and writes report.md, report.csv and accuracy_vs_sparsity.png. Re-running reuses the
-finished runs."""
+prunes it to 50/80/90/95% sparsity with global magnitude, uniform magnitude, LAMP and BIMP,
+retrains, then prints the table and writes report.md, report.csv and accuracy_vs_sparsity.png.
+Re-running reuses the finished runs."""
 
 
 def demo_config(out: str, small: bool = False) -> dict[str, Any]:
