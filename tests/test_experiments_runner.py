@@ -104,3 +104,36 @@ def test_imp_weight_rewinding_and_gmp(tmp_path):
     gmp = resolve(tiny(tmp_path, schedule="gmp", sparsity=0.6, gmp_frequency=2))
     result = run_experiment(gmp, quiet=True)
     assert abs(result["sparsity"] - 0.6) < 1e-3
+
+
+def test_dense_checkpoint_from_plain_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    from prunekit.training.trainer import evaluate
+
+    base = resolve(tiny(tmp_path))
+    data = build_data(base)
+    model = build_model(base, data)
+    save_file({k: v.clone() for k, v in model.state_dict().items()}, tmp_path / "plain.st")
+    cfg = resolve({**tiny(tmp_path), "dense_checkpoint": str(tmp_path / "plain.st")})
+    result = run_experiment(cfg, quiet=True)
+    assert result["iterations"]["dense"] == 0
+    assert result["dense"]["test_top1"] == evaluate(model, data.test)["top1"]
+
+    # a compressed sparse model works as a dense checkpoint too
+    from prunekit.experiments.runner import read_state_dict
+
+    final = run_dir(cfg) / "final" / "model.compressed.safetensors"
+    state = read_state_dict(final)
+    assert torch.equal(state["net.1.weight"], load_compressed(final)["net.1.weight"])
+
+
+def test_schedule_errors_before_training(tmp_path):
+    import pytest
+
+    from prunekit.experiments.typed import ConfigError
+
+    cfg = resolve(tiny(tmp_path, schedule="imp", rewind="weights", rewind_iteration=10_000))
+    with pytest.raises(ConfigError, match="prune.rewind_iteration"):
+        run_experiment(cfg, quiet=True)
+    assert not (tmp_path / "out" / "dense").exists()

@@ -20,6 +20,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
     if args.output:
         cfg.output = args.output
+    if cfg.sweep.sparsities or cfg.sweep.methods or cfg.sweep.seeds:
+        print("note: this config has a 'sweep' section; 'prunekit run' runs the base config only "
+              "(use 'prunekit sweep' for the grid)")  # fmt: skip
     if args.dry_run:
         dry_run(cfg)
         return 0

@@ -121,13 +121,34 @@ def _save_state(model: nn.Module, path: Path, meta: dict[str, Any] | None = None
     save_safetensors(state, path, meta or {})
 
 
-def _load_state(model: nn.Module, path: Path) -> None:
-    tensors, meta = load_safetensors(path)
-    if meta.get("format", "").startswith("prunekit-compressed"):
-        from prunekit.export import load_compressed
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state_dict from safetensors (plain, prunekit or ``save_compressed``) or, for ``.pt`` /
+    ``.pth`` / ``.bin`` files, ``torch.load(weights_only=True)`` (a ``state_dict`` key is used)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dense_checkpoint: no such file {str(path)!r}")
+    if path.suffix in (".pt", ".pth", ".bin"):
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+            data = data["state_dict"]
+        if not isinstance(data, dict):
+            raise ValueError(f"dense_checkpoint: {str(path)!r} does not hold a state_dict")
+        return data
+    from safetensors import safe_open
+    from safetensors.torch import load_file
 
-        tensors = load_compressed(path)
-    model.load_state_dict(tensors)
+    with safe_open(str(path), framework="pt") as handle:
+        raw = (handle.metadata() or {}).get("prunekit")
+    meta = json.loads(raw) if raw else {}
+    from prunekit.export import FORMAT, load_compressed
+
+    if meta.get("format") == FORMAT:
+        return load_compressed(path)
+    return load_file(str(path))
+
+
+def _load_state(model: nn.Module, path: Path) -> None:
+    model.load_state_dict(read_state_dict(path))
 
 
 def _read_json(path: Path) -> Any:
@@ -344,6 +365,11 @@ def _phases(ctx: _Context) -> list[_Phase]:
         return [_Phase(t, b, "allr") for t, b in zip(sched.targets(), sched.budgets())]
     imp = IMP(p.sparsity, p.phases)
     if p.rewind == "weights":
+        if p.rewind_iteration >= ctx.original.total:
+            raise ConfigError(
+                f"prune.rewind_iteration: expected an iteration below the dense run's "
+                f"{ctx.original.total}, got {p.rewind_iteration}"
+            )
         its = ctx.original.total - p.rewind_iteration
         return [_Phase(t, its, "rewind_weights") for t in imp.targets()]
     name = "lrw" if p.rewind == "lr" else cfg.retrain.schedule
@@ -545,6 +571,8 @@ def run_experiment(
         data = build_data(cfg)
         model = build_model(cfg, data)
         ctx = _Context(cfg, data, log, _original_schedule(cfg, data, _dense_schedule_name(cfg)))
+        if cfg.prune.schedule != "gmp":
+            _phases(ctx)  # schedule errors surface before any training
         if cfg.prune.schedule == "gmp":
             dense: dict[str, Any] = {"metrics": {}, "iterations": 0}
             masks, phases = _gmp_stage(ctx, model, root)
