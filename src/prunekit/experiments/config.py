@@ -274,7 +274,7 @@ class ExperimentConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     seed: int = 0
     method: str | None = None
-    output: str = "runs"
+    output: str = "results"
     tracker: Literal["none", "mlflow", "wandb"] = "none"
     sweep: SweepConfig = field(default_factory=SweepConfig)
 

@@ -652,6 +652,15 @@ def dry_run(
     out(f"# config hash: {config_hash(cfg)}")
     data = build_data(cfg)
     model = build_model(cfg, data)
+    # Plan on the dense model when it exists already (the plan at initialisation can differ).
+    where = "at initialisation"
+    trained = dense_dir(cfg) / "model.safetensors"
+    if cfg.dense_checkpoint is not None:
+        _load_state(model, Path(cfg.dense_checkpoint))
+        where = f"on {cfg.dense_checkpoint}"
+    elif cfg.prune.schedule != "gmp" and trained.is_file():
+        _load_state(model, trained)
+        where = f"on the trained dense model {trained}"
     p = cfg.prune
     needs_data = create_criterion(p.criterion, **p.criterion_options).requires_data
     plan = pruning_plan(
@@ -670,7 +679,7 @@ def dry_run(
     pruned = sum(k for _, k in plan.values())
     rows.append(["total", str(total), str(pruned), f"{pruned / max(total, 1):.4f}"])
     out(f"# pruning plan ({p.criterion}, {p.allocation}, sparsity {p.sparsity}; "
-        f"schedule {p.schedule}; at initialisation)")  # fmt: skip
+        f"schedule {p.schedule}; {where})")  # fmt: skip
     out(format_table(["layer", "params", "pruned", "sparsity"], rows))
     sys.stdout.flush()
     return plan

@@ -38,9 +38,31 @@ class ResultsStore:
         self.path = Path(root) / "results.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
+        self._retry(self._setup)
+
+    def _setup(self) -> None:
         with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
+            # Switching to WAL needs an exclusive lock: only do it when not in WAL mode yet.
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+
+    def _retry(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn``, retrying while SQLite reports a lock the busy handler does not wait for
+        (e.g. several processes creating the database or switching it to WAL at once)."""
+        deadline = time.monotonic() + self.timeout
+        delay = 0.01
+        while True:
+            try:
+                return fn(*args)
+            except sqlite3.OperationalError as err:
+                message = str(err).lower()
+                if ("locked" not in message and "busy" not in message) or (
+                    time.monotonic() > deadline
+                ):
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -62,6 +84,18 @@ class ResultsStore:
         name: str | None = None,
     ) -> None:
         """Insert or update one run (one transaction)."""
+        self._retry(self._record, run_id, config_hash, config, status, metrics, run_dir, name)
+
+    def _record(
+        self,
+        run_id: str,
+        config_hash: str,
+        config: dict[str, Any],
+        status: str,
+        metrics: dict[str, Any] | None,
+        run_dir: str | None,
+        name: str | None,
+    ) -> None:
         now = time.time()
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
@@ -92,8 +126,12 @@ class ResultsStore:
         if status is not None:
             query += " WHERE status = ?"
             args = (status,)
-        with self._connect() as db:
-            rows = db.execute(query + " ORDER BY created, run_id", args).fetchall()
+
+        def fetch() -> list[tuple]:
+            with self._connect() as db:
+                return db.execute(query + " ORDER BY created, run_id", args).fetchall()
+
+        rows = self._retry(fetch)
         keys = [
             "run_id",
             "config_hash",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prunekit.experiments.config import ExperimentConfig, resolve
+from prunekit.experiments.store import ResultsStore
 from prunekit.experiments.typed import ConfigError, to_dict
 
 __all__ = ["Arm", "SweepOutcome", "expand", "run_sweep"]
@@ -112,6 +113,7 @@ def run_sweep(
         raise ValueError(f"workers: expected a positive integer, got {workers}")
     arms = expand(cfg)
     check_tracker(cfg.tracker)
+    ResultsStore(cfg.output)  # create the database (WAL mode) before the workers write to it
     start = time.perf_counter()
     todo = [a for a in arms if not (run_dir(a.config) / "result.json").is_file()]
     log(
