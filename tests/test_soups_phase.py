@@ -88,6 +88,7 @@ def test_phase_resumes_finished_ingredients(tmp_path):
         run_soup_phase(model, masks, counting, other, VAL, bn_data=TRAIN, out_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_phase_in_worker_processes_matches_sequential(tmp_path):
     model, masks = _pruned()
     variants = ingredient_variants({"seed": 0, "epochs": 2}, "seed", 2)

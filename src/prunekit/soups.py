@@ -361,6 +361,7 @@ class SoupPhaseResult:
     greedy_state_dict: dict[str, Tensor]
     resumed: list[int] = field(default_factory=list)
     selected: str | None = None
+    ingredient_state_dicts: list[dict[str, Tensor]] = field(default_factory=list, repr=False)
 
     @property
     def best_ingredient_accuracy(self) -> float:
@@ -565,6 +566,7 @@ def run_soup_phase(
         greedy_state_dict=greedy_sd,
         resumed=resumed,
         selected=chosen,
+        ingredient_state_dicts=state_dicts,
     )
     if chosen is not None:
         model.load_state_dict(greedy_sd if chosen == "greedy" else uniform)
