@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     records = []
     for seed in range(args.seeds):
         torch.manual_seed(seed)
-        model = BNCNN()
+        model = BNCNN(channels=args.channels)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
         steps = args.dense_epochs * len(batches(*DATA["train"], 128))
         t0 = time.time()
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             base = {
                 "seed": 100 * seed,
                 "epochs": args.retrain_epochs,
-                "lr": 0.05,
+                "lr": args.retrain_lr,
                 "weight_decay": 5e-4,
             }
             variants = ingredient_variants(base, args.vary, args.m)
@@ -184,6 +184,8 @@ def main() -> None:
     parser.add_argument("--vary", default="seed", choices=["seed", "weight_decay", "length"])
     parser.add_argument("--dense-epochs", type=int, default=20)
     parser.add_argument("--retrain-epochs", type=int, default=8)
+    parser.add_argument("--channels", type=int, default=32)
+    parser.add_argument("--retrain-lr", type=float, default=0.05)
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.95])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -192,7 +194,10 @@ def main() -> None:
     records = run(args)
     print()
     print(report(records, args))
-    print(f"\n{args.seeds} seeds, m={args.m}, vary={args.vary}, {time.time() - t0:.0f}s total")
+    print(
+        f"\n{args.seeds} seeds, m={args.m}, vary={args.vary}, channels={args.channels}, "
+        f"retrain lr={args.retrain_lr}, {time.time() - t0:.0f}s total"
+    )
 
 
 if __name__ == "__main__":
