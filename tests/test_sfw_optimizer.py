@@ -199,3 +199,22 @@ def test_shared_constraint_object_binds_per_group():
     c = create_constraint("k_support", k=0.5, radius=1.0)
     opt = SFW([{"params": [a]}, {"params": [b]}], constraint=c)
     assert [g["constraint"].k for g in opt.param_groups] == [2, 4]
+
+
+def test_state_dict_round_trip_keeps_constraints():
+    model, x, y = _toy()
+    groups = constraints_for_model(model, "k_support", k=5, tau=5.0, init_samples=1)
+    opt = SFW(groups, lr=0.3, momentum=0.9, k_delay=2)
+    for _ in range(3):
+        opt.zero_grad()
+        _loss(model, x, y).backward()
+        opt.step()
+    sd = opt.state_dict()
+    assert all("constraint" not in g and "relaxed" not in g for g in sd["param_groups"])
+    assert [g["step"] for g in sd["param_groups"]] == [3, 3, 3, 3]
+    clone = SFW(constraints_for_model(model, "k_support", k=5, tau=5.0, init_samples=1), lr=0.3)
+    clone.load_state_dict(sd)
+    assert all(g["constraint"] is not None for g in clone.param_groups)
+    assert clone.param_groups[0]["step"] == 3 and clone.param_groups[0]["k_delay"] == 2
+    p = clone.param_groups[0]["params"][0]
+    assert torch.equal(clone.state[p]["momentum_buffer"], opt.state[p]["momentum_buffer"])

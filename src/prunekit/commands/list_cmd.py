@@ -6,6 +6,7 @@ import argparse
 
 from prunekit.allocation import ALLOCATIONS
 from prunekit.criteria import CRITERIA
+from prunekit.frank_wolfe.constraints import CONSTRAINTS
 from prunekit.models import MODELS
 from prunekit.report import format_table
 
@@ -25,7 +26,7 @@ def registries() -> dict[str, dict[str, str]]:
     return sections
 
 
-EXTRA_REGISTRIES: dict = {}
+EXTRA_REGISTRIES: dict = {"constraints": CONSTRAINTS}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -106,6 +106,25 @@ class SFW(torch.optim.Optimizer):
             )
         return out
 
+    def state_dict(self) -> dict[str, Any]:
+        """Optimizer state without the constraint objects (configuration, not state).
+
+        Everything left is tensors and plain Python values, so it can be stored without pickle;
+        :meth:`load_state_dict` keeps this optimizer's constraints.
+        """
+        state = super().state_dict()
+        for group in state["param_groups"]:
+            group.pop("constraint", None)
+            group.pop("relaxed", None)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        constraints = [group["constraint"] for group in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, constraint in zip(self.param_groups, constraints):
+            group["constraint"] = constraint
+            group["relaxed"] = None
+
     @torch.no_grad()
     def reset_momentum(self) -> None:
         """Forget the momentum buffers (useful right after pruning)."""
