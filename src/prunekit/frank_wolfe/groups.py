@@ -34,9 +34,11 @@ def expected_init_norm(
     if not hasattr(module, "reset_parameters") or samples < 1:
         value = float(current.detach().norm())
         return value if value > 0 else 1.0
-    clone = copy.deepcopy(module)
+    clone = copy.deepcopy(module).cpu()  # sample on the CPU: same law, no device RNG touched
+    # torch.manual_seed also seeds the CUDA generators: restore them too when CUDA is in use
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     total = 0.0
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for _ in range(samples):
             clone.reset_parameters()
