@@ -95,7 +95,7 @@ def test_iterates_stay_feasible_and_loss_drops(kind, k):
     opt = SFW(groups, lr=0.3, momentum=0.9)
     opt.make_feasible()
     first = float(_loss(model, x, y).detach())
-    for _ in range(40):
+    for _ in range(25):
         opt.zero_grad()
         _loss(model, x, y).backward()
         opt.step()
