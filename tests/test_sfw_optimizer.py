@@ -218,3 +218,25 @@ def test_state_dict_round_trip_keeps_constraints():
     assert clone.param_groups[0]["step"] == 3 and clone.param_groups[0]["k_delay"] == 2
     p = clone.param_groups[0]["params"][0]
     assert torch.equal(clone.state[p]["momentum_buffer"], opt.state[p]["momentum_buffer"])
+
+
+def test_global_scope_one_group_over_all_targets():
+    model, x, y = _toy()
+    groups = constraints_for_model(
+        model, "k_support", k=10, tau=2.0, init_samples=3, scope="global"
+    )
+    assert [g["names"] for g in groups] == [["0.weight", "2.weight"], ["0.bias"], ["2.bias"]]
+    c = groups[0]["constraint"]
+    assert c.k == 10 and c.n == 72 + 36
+    e0 = expected_init_norm(model[0], "weight", samples=3)
+    e2 = expected_init_norm(model[2], "weight", samples=3)
+    assert math.isclose(c.diameter, 2 * 2.0 * math.sqrt(e0**2 + e2**2))
+    opt = SFW(groups, lr=0.5)
+    opt.make_feasible()
+    for _ in range(5):
+        opt.zero_grad()
+        _loss(model, x, y).backward()
+        opt.step()
+    assert all(r is None or r <= 1 + 1e-5 for r in opt.feasibility())
+    with pytest.raises(ValueError, match="scope"):
+        constraints_for_model(model, "nuclear", scope="global")

@@ -13,6 +13,7 @@ expected initial norm is 0 (a zero-initialised bias) or whose module has no
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -63,9 +64,11 @@ def constraints_for_model(
     others_lr: float | None = None,
     init_samples: int = 10,
     k_delay: int | None = None,
+    scope: str = "layer",
     **constraint_options: Any,
 ) -> list[dict[str, Any]]:
-    """Parameter groups for :class:`~prunekit.frank_wolfe.SFW`: one group per parameter.
+    """Parameter groups for :class:`~prunekit.frank_wolfe.SFW`: one group per parameter, or
+    one group for all targets with ``scope="global"``.
 
     The prunable weights (``targets``, by default every Linear / Conv weight) get the constraint
     ``kind``; every other trainable parameter (biases, norm scales and shifts, embeddings) gets an
@@ -82,6 +85,9 @@ def constraints_for_model(
         others_tau: tau for the other parameters (default: ``tau``).
         init_samples: re-initialisations used to estimate ``E||W_init||_2``.
         k_delay: a per-group override of the optimizer's ``k_delay``.
+        scope: ``"layer"`` (a set per target tensor) or ``"global"`` (one set over all target
+            tensors together: k counts over all of them and the diameter is
+            ``2 * tau * sqrt(sum_l E||W_l,init||^2)``; not for the spectral / nuclear sets).
         constraint_options: passed to the constraint (e.g. ``svd_method="power"``).
     """
     if not isinstance(model, nn.Module):
@@ -107,6 +113,10 @@ def constraints_for_model(
         raise ValueError(f"k: constraint {kind!r} has no k; drop k / k_fraction")
     if not isinstance(tau, (int, float)) or isinstance(tau, bool) or tau <= 0:
         raise ValueError(f"tau: expected a positive number, got {tau!r}")
+    if scope not in ("layer", "global"):
+        raise ValueError(f"scope: expected 'layer' or 'global', got {scope!r}")
+    if scope == "global" and kind in _SPECTRAL_KINDS:
+        raise ValueError(f"scope: {kind!r} acts on one matrix; use scope='layer'")
 
     target_params = select_targets(model, targets)
     if not target_params:
@@ -115,6 +125,8 @@ def constraints_for_model(
     owners = _owners(model)
     groups: list[dict[str, Any]] = []
     seen: set[int] = set()
+    shared: dict[str, Any] | None = None  # the one target group of scope="global"
+    shared_sq_norm = 0.0
     for name, param in model.named_parameters():
         if id(param) in seen or not param.requires_grad:
             continue
@@ -131,6 +143,16 @@ def constraints_for_model(
                 group["lr"] = others_lr
             groups.append(group)
             continue
+        if is_target and scope == "global":
+            if shared is None:
+                shared = group
+                groups.append(group)
+            else:
+                shared["params"].append(param)
+                shared["names"].append(name)
+            if radius is None:
+                shared_sq_norm += expected_init_norm(module, attr, init_samples) ** 2
+            continue
         if group_kind in _SPECTRAL_KINDS and param.dim() < 2:
             raise ValueError(f"kind: {group_kind!r} needs matrix weights, {name!r} has 1 dimension")
         options: dict[str, Any] = dict(constraint_options) if is_target else {}
@@ -144,6 +166,15 @@ def constraints_for_model(
         constraint: Constraint = create_constraint(group_kind, **options).bind([param])
         group["constraint"] = constraint
         groups.append(group)
+    if shared is not None:
+        options = dict(constraint_options)
+        if kind in _K_KINDS:
+            options["k"] = k_value
+        if radius is not None:
+            options["radius"] = radius
+        else:
+            options["diameter"] = 2.0 * tau * math.sqrt(shared_sq_norm)
+        shared["constraint"] = create_constraint(kind, **options).bind(shared["params"])
     return groups
 
 
