@@ -127,3 +127,59 @@ def test_phase_argument_errors():
             return sd
 
         run_soup_phase(model, masks, leaky, variants, VAL, bn_data=TRAIN)
+
+
+def test_phase_shares_ingredients_between_ranks(tmp_path):
+    model, masks = _pruned()
+    variants = ingredient_variants({"seed": 0, "epochs": 2}, "seed", 3)
+    calls = []
+
+    def counting(m, mk, v):
+        calls.append(v["ingredient"])
+        return retrain(m, mk, v)
+
+    # rank 1 of 2 trains ingredient 1, then finds 0 and 2 missing (rank 0 has not run yet)
+    with pytest.raises(RuntimeError, match=r"ingredients \[0, 2\]"):
+        run_soup_phase(
+            model,
+            masks,
+            counting,
+            variants,
+            VAL,
+            bn_data=TRAIN,
+            out_dir=tmp_path,
+            rank=1,
+            world_size=2,
+            select=None,
+        )
+    assert calls == [1]
+    calls.clear()
+    res = run_soup_phase(
+        model,
+        masks,
+        counting,
+        variants,
+        VAL,
+        bn_data=TRAIN,
+        out_dir=tmp_path,
+        rank=0,
+        world_size=2,
+        select=None,
+    )
+    assert calls == [0, 2]
+    assert res.resumed == [1] and len(res.ingredient_accuracy) == 3
+    assert (tmp_path / "greedy_soup.safetensors").is_file()
+    with pytest.raises(ValueError, match="rank"):
+        run_soup_phase(
+            model,
+            masks,
+            counting,
+            variants,
+            VAL,
+            bn_data=TRAIN,
+            out_dir=tmp_path,
+            rank=2,
+            world_size=2,
+        )
+    with pytest.raises(ValueError, match="out_dir"):
+        run_soup_phase(model, masks, counting, variants, VAL, bn_data=TRAIN, rank=0, world_size=2)

@@ -447,6 +447,9 @@ def run_soup_phase(
     bn_batches: int | None = None,
     select: str | None = "greedy",
     device: torch.device | str | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    wait_s: float = 0.0,
 ) -> SoupPhaseResult:
     """Retrain one ingredient per variant, merge them, and report every accuracy.
 
@@ -471,6 +474,12 @@ def run_soup_phase(
         select: load this soup into ``model`` at the end (``"greedy"``, ``"uniform"``, ``"best"``
             = the better of the two on validation, or None to leave ``model`` unchanged).
         device: where evaluation runs (data are moved there).
+        rank, world_size: share the ingredients between the ranks of a job (e.g. ``torchrun``):
+            rank r trains the missing ingredients i with ``i % world_size == r`` into the shared
+            ``out_dir``, then waits for the others (``torch.distributed.barrier()`` when a process
+            group is initialised, else polling the directory for up to ``wait_s`` seconds) and
+            builds the same soups as every other rank (only rank 0 writes the soup files).
+            By default both come from ``torch.distributed`` when it is initialised (else 0, 1).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -490,6 +499,9 @@ def run_soup_phase(
     if isinstance(val_data, Iterable) and iter(val_data) is val_data:
         raise TypeError("val_data: expected a re-iterable (list, DataLoader), got an iterator")
 
+    rank, world_size, distributed = _resolve_ranks(rank, world_size)
+    if world_size > 1 and out_dir is None:
+        raise ValueError("out_dir: sharing ingredients between ranks needs a shared out_dir")
     out_path = Path(out_dir) if out_dir is not None else None
     if out_path is not None:
         out_path.mkdir(parents=True, exist_ok=True)
@@ -502,6 +514,9 @@ def run_soup_phase(
             resumed.append(i)
         else:
             todo.append(i)
+    mine = [i for i in todo if i % world_size == rank]
+    others = [i for i in todo if i % world_size != rank]
+    todo = mine
 
     if todo and workers == 1:
         for i in todo:
@@ -512,6 +527,12 @@ def run_soup_phase(
             ingredients[i] = sd
     elif todo:
         _run_parallel(model, masks, retrain_fn, variants, todo, workers, out_path, ingredients)
+    if others:
+        _wait_for_ranks(out_path, others, distributed, wait_s)  # type: ignore[arg-type]
+        for i in others:
+            ingredients[i] = _load_ingredient(_ingredient_path(out_path, i), variants[i])  # type: ignore[arg-type]
+    elif distributed:
+        torch.distributed.barrier()  # keep the ranks in step even when nothing was missing here
 
     state_dicts = [ingredients[i] for i in range(len(variants))]
     for i, sd in enumerate(state_dicts):
@@ -570,7 +591,7 @@ def run_soup_phase(
     )
     if chosen is not None:
         model.load_state_dict(greedy_sd if chosen == "greedy" else uniform)
-    if out_path is not None:
+    if out_path is not None and rank == 0:
         meta = {"format": SOUP_FORMAT}
         save_safetensors(
             uniform, out_path / "uniform_soup.safetensors", {**meta, "soup": "uniform"}
@@ -580,6 +601,38 @@ def run_soup_phase(
         )
         write_json(result.summary(), out_path / "soup_phase.json")
     return result
+
+
+def _resolve_ranks(rank: int | None, world_size: int | None) -> tuple[int, int, bool]:
+    dist = torch.distributed
+    distributed = dist.is_available() and dist.is_initialized()
+    if rank is None and world_size is None:
+        return (dist.get_rank(), dist.get_world_size(), True) if distributed else (0, 1, False)
+    if rank is None or world_size is None:
+        raise ValueError("rank / world_size: give both or neither")
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size: expected a positive int, got {world_size!r}")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"rank: expected an int in [0, {world_size}), got {rank!r}")
+    return rank, world_size, distributed and world_size > 1
+
+
+def _wait_for_ranks(out_path: Path, missing: list[int], distributed: bool, wait_s: float) -> None:
+    import time
+
+    if distributed:
+        torch.distributed.barrier()
+    deadline = time.monotonic() + max(0.0, wait_s)
+    while True:
+        left = [i for i in missing if not _ingredient_path(out_path, i).is_file()]
+        if not left:
+            return
+        if time.monotonic() >= deadline:
+            raise RuntimeError(
+                f"ingredients {left} (trained by other ranks) are not in {str(out_path)!r}; "
+                "run the other ranks, or pass wait_s= to wait for them"
+            )
+        time.sleep(min(5.0, max(0.05, wait_s / 100)))
 
 
 def _with_buffers(model: nn.Module, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
