@@ -240,3 +240,18 @@ def test_global_scope_one_group_over_all_targets():
     assert all(r is None or r <= 1 + 1e-5 for r in opt.feasibility())
     with pytest.raises(ValueError, match="scope"):
         constraints_for_model(model, "nuclear", scope="global")
+
+
+def test_fast_gradient_rescale():
+    w = nn.Parameter(torch.zeros(2))
+    opt = SFW(
+        [{"params": [w], "constraint": L2Ball(radius=4.0)}],
+        lr=0.5,
+        momentum=0.0,
+        rescale="fast_gradient",
+    )
+    w.grad = torch.tensor([3.0, 4.0])
+    opt.step()
+    eta = 0.5 * 5.0 / 4.0  # lr * ||m|| / (D / 2)
+    assert math.isclose(opt.param_groups[0]["last_eta"], eta)
+    assert torch.allclose(w.detach(), eta * torch.tensor([-2.4, -3.2]))
