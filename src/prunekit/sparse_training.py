@@ -124,7 +124,6 @@ class DynamicSparseTraining:
         self.step_count = 0
         self.last_update: dict[str, tuple[Tensor, Tensor]] = {}
         self.history: list[dict[str, Any]] = []
-        # The enforcer reads the mask tensors themselves, so updating them in place is enough.
         self._enforcer = masks.attach(optimizer, model)
 
     # ------------------------------------------------------------------ loop interface
@@ -158,6 +157,11 @@ class DynamicSparseTraining:
         """Stop enforcing the masks after optimizer steps."""
         self._enforcer.remove()
 
+    def _reattach(self) -> None:
+        # An enforcer may cache the masks (e.g. as multipliers): give it the updated ones.
+        self._enforcer.remove()
+        self._enforcer = self.masks.attach(self.optimizer, self.model)
+
     @property
     def sparsity(self) -> float:
         return self.masks.sparsity
@@ -176,6 +180,7 @@ class DynamicSparseTraining:
                 self.masks[name].copy_(mask.to(self.masks[name].device))
         self.step_count = int(state["step"])
         self.masks.enforce(self.model, self.optimizer)
+        self._reattach()
 
     # ------------------------------------------------------------------ helpers
     @torch.no_grad()
@@ -200,6 +205,7 @@ class DynamicSparseTraining:
     def _reset_regrown(self) -> None:
         """Zero pruned weights and state, and the state of regrown weights (they start at 0)."""
         self.masks.enforce(self.model, self.optimizer)
+        self._reattach()
         for name, param in self.params.items():
             grown = self.last_update.get(name, (None, None))[1]
             if grown is None or not grown.any():

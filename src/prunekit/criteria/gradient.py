@@ -43,6 +43,7 @@ class DataCriterion(Criterion):
 
     name = "data"
     default_num_batches: int | None = 1
+    requires_data = True  # an instance given ``data`` as an option does not
 
     def __init__(
         self,

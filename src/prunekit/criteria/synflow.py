@@ -149,6 +149,10 @@ class SynFlow(Criterion):
     """
 
     target_aware = True
+    # The class is listed with the data-driven criteria because running on any model (a CNN's
+    # spatial size) needs ``data`` or ``input_shape``; an instance never insists on data and
+    # says what is missing when it cannot infer the input shape.
+    requires_data = True
 
     def __init__(
         self, *, rounds: int = 100, input_shape: Sequence[int] | None = None, **unknown: Any
@@ -167,6 +171,7 @@ class SynFlow(Criterion):
             input_shape = tuple(input_shape)
         self.rounds = rounds
         self.input_shape = input_shape
+        self.requires_data = False
 
     def scores(
         self,
