@@ -158,6 +158,17 @@ def test_granet_follows_gmp_and_regrows_only_old_zeros():
     assert any(h["regrown"] > 0 for h in granet.history)
 
 
+def test_granet_reaches_final_sparsity_when_window_is_off_the_grid():
+    model, optimizer, data = _setup(seed=2)
+    granet = GraNet(
+        model, optimizer, final_sparsity=0.8, t_start=2, t_prune_end=13, t_end=13, delta_t=5
+    )
+    steps = []
+    _train(model, optimizer, data, granet, 14, lambda s, go, *a: steps.append(s) if not go else 0)
+    assert steps == [2, 7, 12, 13]
+    assert granet.masks.num_pruned == round(0.8 * granet.masks.numel)
+
+
 def test_gmp_and_cosine_formulas():
     assert gmp_sparsity(0, 0.0, 0.9, 0, 100) == 0.0
     assert gmp_sparsity(50, 0.0, 0.9, 0, 100) == pytest.approx(0.9 + (0.0 - 0.9) * 0.5**3)

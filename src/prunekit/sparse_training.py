@@ -280,7 +280,8 @@ class RigL(DynamicSparseTraining):
 class GraNet(DynamicSparseTraining):
     """GraNet (Liu et al. 2021): gradual magnitude pruning plus drop-and-regrow.
 
-    At each update step ``t`` (every ``delta_t`` steps from ``t_start`` while ``t <= t_end``):
+    At each update step ``t`` (every ``delta_t`` steps from ``t_start`` while ``t <= t_end``, and
+    at ``t_prune_end``):
 
     1. while ``t <= t_prune_end``, prune the smallest magnitudes over all layers (one global
        threshold) until the total sparsity is the GMP target
@@ -351,6 +352,10 @@ class GraNet(DynamicSparseTraining):
         return cosine_decay(step, self.regrow_fraction, self.t_end)
 
     def is_update_step(self, step: int) -> bool:
+        # ``t_prune_end`` is always an update, so the final sparsity is reached on time even
+        # when the pruning window is not a multiple of ``delta_t``.
+        if step == self.t_prune_end:
+            return True
         return (
             step >= self.t_start
             and (step - self.t_start) % self.delta_t == 0

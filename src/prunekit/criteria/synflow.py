@@ -29,7 +29,6 @@ from torch import Tensor, nn
 from prunekit.criteria import Criterion, register_criterion
 from prunekit.criteria._batches import first_inputs, model_device
 from prunekit.scores import Scores, TensorScores
-from prunekit.selection import keep_masks_lowest_pruned
 
 
 @contextmanager
@@ -133,6 +132,27 @@ def synflow_scores(
         return _flow_scores(model, params, ones)
 
 
+def _prune_lowest(
+    scores: Mapping[str, Tensor], current: Mapping[str, Tensor], k: int
+) -> dict[str, Tensor]:
+    """Keep-masks pruning exactly the ``k`` lowest scores in total; pruned entries stay pruned.
+
+    Ties go to the earlier layer, then the lower flat index (as in the library's selection).
+    One sort per round: SynFlow already holds float64 copies of every weight, so the
+    concatenated scores add no new order of memory.
+    """
+    names = list(scores)
+    flat = torch.cat(
+        [scores[n].masked_fill(~current[n], -math.inf).reshape(-1).cpu() for n in names]
+    )
+    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    keep[flat.sort(stable=True).indices[:k]] = False
+    parts = keep.split([scores[n].numel() for n in names])
+    return {
+        n: part.reshape(scores[n].shape).to(current[n].device) for n, part in zip(names, parts)
+    }
+
+
 def _normalised(score: Tensor) -> Tensor:
     top = float(score.max()) if score.numel() else 0.0
     return score / (2.0 * top) if top > 0 else torch.zeros_like(score)
@@ -213,9 +233,7 @@ class SynFlow(Criterion):
                 else:
                     prune_k = round((1.0 - density ** (k / self.rounds)) * total)
                 prune_k = min(max(prune_k, already), final_k)
-                new = keep_masks_lowest_pruned(
-                    TensorScores(flow), names, prune_k, current, seed=seed
-                )
+                new = _prune_lowest(flow, current, prune_k)
                 for n in names:
                     removed = current[n] & ~new[n]
                     encoded[n][removed] = k + _normalised(flow[n])[removed]
