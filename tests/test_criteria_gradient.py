@@ -216,3 +216,14 @@ def test_bad_options_and_data_are_clear_errors(linear):
         prunekit.compute_masks(linear, 0.5, method="snip", data=[])
     with pytest.raises(TypeError, match=r"\(inputs, targets\)"):
         prunekit.compute_masks(linear, 0.5, method="snip", data=[torch.randn(2, 4)])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["snip", "taylor", "grasp", "movement", "synflow"])
+def test_criteria_run_on_cuda(method):
+    torch.manual_seed(0)
+    model = prunekit.create_model("mlp", in_features=4, hidden=(16, 8), num_classes=3).cuda()
+    masks = prunekit.prune(model, 0.8, method=method, data=_batches())
+    assert masks.num_pruned == round(0.8 * masks.numel)
+    assert all(m.device.type == "cuda" for m in masks.values())
