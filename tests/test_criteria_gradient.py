@@ -184,7 +184,7 @@ def test_data_as_option_and_num_batches_counted():
     prunekit.compute_masks(
         model, 0.5, method="snip", criterion_options={"data": Counting(), "num_batches": 3}
     )
-    assert read == [0, 1, 2, 3]  # the fourth is fetched, seen to be surplus, and not used
+    assert read == [0, 1, 2]  # no batch beyond num_batches is pulled from the loader
 
 
 def test_custom_loss_fn_is_used(linear):

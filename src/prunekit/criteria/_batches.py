@@ -9,6 +9,7 @@ forward passes update are restored afterwards: computing scores does not change 
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -87,9 +88,8 @@ def iter_batches(
             f"(e.g. a DataLoader or a list of tuples), got {type(data).__name__}"
         )
     seen = 0
-    for batch in data:
-        if num_batches is not None and seen >= num_batches:
-            break
+    # islice: never pull a batch beyond ``num_batches`` from a loader.
+    for batch in itertools.islice(data, num_batches):
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise TypeError(
                 f"data: criterion {criterion!r} expects each batch to be an (inputs, targets) "

@@ -148,9 +148,7 @@ def _prune_lowest(
     keep = torch.ones(flat.numel(), dtype=torch.bool)
     keep[flat.sort(stable=True).indices[:k]] = False
     parts = keep.split([scores[n].numel() for n in names])
-    return {
-        n: part.reshape(scores[n].shape).to(current[n].device) for n, part in zip(names, parts)
-    }
+    return {n: part.reshape(scores[n].shape).to(current[n].device) for n, part in zip(names, parts)}
 
 
 def _normalised(score: Tensor) -> Tensor:
