@@ -227,3 +227,16 @@ def test_criteria_run_on_cuda(method):
     masks = prunekit.prune(model, 0.8, method=method, data=_batches())
     assert masks.num_pruned == round(0.8 * masks.numel)
     assert all(m.device.type == "cuda" for m in masks.values())
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp", "synflow"])
+def test_language_model_with_token_inputs(method):
+    """Token-id inputs, (B, T, V) logits, and fused attention (GraSP needs a double backward)."""
+    torch.manual_seed(0)
+    model = prunekit.create_model("gpt", block_size=8, n_layer=1, n_head=2, n_embd=16)
+    ids = torch.randint(0, 256, (2, 8))
+    options = {"rounds": 3} if method == "synflow" else None
+    masks = prunekit.compute_masks(
+        model, 0.5, method=method, data=[(ids[:, :-1], ids[:, 1:])], criterion_options=options
+    )
+    assert masks.num_pruned == round(0.5 * masks.numel)

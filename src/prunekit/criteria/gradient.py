@@ -18,6 +18,7 @@ passes run in the model's current mode (``train()`` or ``eval()``).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -126,7 +127,8 @@ class GraSP(DataCriterion):
     reduces the gradient flow least (or increases it). The Hessian-vector product comes from a
     double backward pass. g is the mean gradient over ``num_batches`` batches and Hg the mean of
     the per-batch products. ``temperature`` divides the outputs before the loss (the official
-    code uses 200 to soften the softmax); use 1.0 for the plain loss.
+    code uses 200 to soften the softmax); use 1.0 for the plain loss. Attention runs on the
+    math kernel of ``scaled_dot_product_attention`` here, the one with a double backward.
     """
 
     name = "grasp"
@@ -160,7 +162,7 @@ class GraSP(DataCriterion):
         hg = {n: torch.zeros_like(p.detach()) for n, p in params.items()}
         count = 0
         device = model_device(model)
-        with untouched(model, params):
+        with untouched(model, params), _twice_differentiable_attention():
             for inputs, targets in iter_batches(data, self.num_batches, self.name, device):
                 loss = self._loss(forward(model, inputs), targets)
                 grads = torch.autograd.grad(loss, tensors, create_graph=True, allow_unused=True)
@@ -174,6 +176,15 @@ class GraSP(DataCriterion):
                         hg[n] += hv.detach()
                 count += 1
         return TensorScores({n: params[n].detach() * hg[n] / count for n in names})
+
+
+def _twice_differentiable_attention() -> contextlib.AbstractContextManager:
+    """Fused scaled-dot-product attention kernels have no double backward; the math one does."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # older torch: nothing to select
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 class MovementTracker:
