@@ -172,12 +172,19 @@ class DynamicSparseTraining:
         return {"step": self.step_count, "masks": {n: m.clone() for n, m in self.masks.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the step counter and masks saved by :meth:`state_dict`."""
         masks = state["masks"]
         if set(masks) != set(self.masks):
             raise ValueError("state: the saved masks cover different parameters")
+        for name, mask in masks.items():
+            if not isinstance(mask, Tensor) or mask.shape != self.masks[name].shape:
+                raise ValueError(
+                    f"state: mask {name!r} has shape {tuple(getattr(mask, 'shape', ()))}, "
+                    f"expected {tuple(self.masks[name].shape)}"
+                )
         with torch.no_grad():
             for name, mask in masks.items():
-                self.masks[name].copy_(mask.to(self.masks[name].device))
+                self.masks[name].copy_(mask.to(self.masks[name].device, torch.bool))
         self.step_count = int(state["step"])
         self.masks.enforce(self.model, self.optimizer)
         self._reattach()
