@@ -78,7 +78,9 @@ def _prepare(
         for name, param in params.items():
             if not torch.isfinite(param.detach()).all():
                 raise ValueError(f"model: weights of {name!r} contain NaN or inf")
-    scores = criterion.scores(model, params, data=data, seed=seed)
+    # Iterative criteria (SynFlow) prune inside and must know how far to go.
+    extra = {"sparsity": sparsity, "masks": existing} if criterion.target_aware else {}
+    scores = criterion.scores(model, params, data=data, seed=seed, **extra)
     context = AllocationContext(scores, sparsity, existing, min_keep=min_keep, seed=seed)
     return params, context, allocation
 

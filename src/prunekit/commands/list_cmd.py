@@ -7,6 +7,7 @@ import argparse
 from prunekit.allocation import ALLOCATIONS
 from prunekit.criteria import CRITERIA
 from prunekit.data import DATASETS
+from prunekit.frank_wolfe.constraints import CONSTRAINTS
 from prunekit.models import MODELS
 from prunekit.report import format_table
 from prunekit.schedules import SCHEDULES
@@ -32,6 +33,7 @@ EXTRA_REGISTRIES: dict = {
     "schedules": SCHEDULES,
     "retraining": RETRAIN_SCHEDULES,
     "datasets": DATASETS,
+    "constraints": CONSTRAINTS,
 }
 
 
