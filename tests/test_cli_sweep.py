@@ -73,6 +73,7 @@ def test_sweep_parallel_workers_db_resume_and_report(tmp_path, capsys):
         accs = by_key[(line["method"], float(line["sparsity"]))]
         mean = sum(accs) / 2
         std = (sum((a - mean) ** 2 for a in accs) / 1) ** 0.5
+        assert 0.0 <= float(line["pq_index"]) <= 1.0
         assert abs(float(line["test_top1_mean"]) - mean) < 1e-12
         assert abs(float(line["test_top1_std"]) - std) < 1e-12
         assert (

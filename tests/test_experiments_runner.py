@@ -137,3 +137,10 @@ def test_schedule_errors_before_training(tmp_path):
     with pytest.raises(ConfigError, match="prune.rewind_iteration"):
         run_experiment(cfg, quiet=True)
     assert not (tmp_path / "out" / "dense").exists()
+
+
+def test_data_driven_criterion_gets_calibration_batches(tmp_path):
+    cfg = resolve(tiny(tmp_path, criterion="snip", allocation="global"))
+    result = run_experiment(cfg, quiet=True)
+    assert abs(result["sparsity"] - 0.8) < 1e-3
+    assert set(result["pq_index"]["layers"]) == set(result["layer_sparsity"])

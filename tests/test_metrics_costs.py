@@ -79,6 +79,14 @@ def test_file_sizes_shrink_with_sparsity_and_latency_positive():
     assert measure_latency(net, torch.randn(1, 64), repeats=3, warmup=1) > 0
 
 
-def test_pq_indices_optional():
-    result = pq_indices(_net())
-    assert result is None or isinstance(result, dict)
+def test_pq_indices_per_layer():
+    net = _net()
+    result = pq_indices(net)
+    if result is None:  # prunekit.pqi not installed
+        return
+    assert set(result["layers"]) == {"0.weight", "3.weight"}
+    # PQ Index (p=0.5, q=1) of a vector w: 1 - d^(1/q - 1/p) ||w||_p / ||w||_q
+    w = net[3].weight.detach().flatten().double()
+    d = w.numel()
+    expected = 1 - d ** (1 - 2) * w.abs().sqrt().sum() ** 2 / w.abs().sum()
+    assert abs(result["layers"]["3.weight"] - float(expected)) < 1e-9

@@ -308,25 +308,12 @@ def measure_latency(
     return statistics.median(times)
 
 
-def pq_indices(model: nn.Module) -> dict[str, float] | None:
-    """PQ index per layer (METHODS §3) when ``prunekit.pqi`` is available, else ``None``."""
+def pq_indices(model: nn.Module, masks: Any = None) -> dict[str, Any] | None:
+    """PQ Index (METHODS §3, p=0.5, q=1) per layer and over all layers, or ``None`` when
+    :mod:`prunekit.pqi` is unavailable: ``{"layers": {name: index}, "global": index}``."""
     try:
-        from prunekit.pqi import pq_index_report  # type: ignore[import-not-found]
-    except ImportError:
+        from prunekit.pqi import pq_index_report
+    except ImportError:  # optional module
         return None
-    report = pq_index_report(model)
-    if isinstance(report, dict):
-        return {str(k): float(v) for k, v in report.items() if isinstance(v, (int, float))}
-    to_dict = getattr(report, "to_dict", None)
-    data = to_dict() if callable(to_dict) else None
-    if isinstance(data, dict):
-        layers = data.get("layers", data)
-        if isinstance(layers, dict):
-            return {k: float(v) for k, v in layers.items() if isinstance(v, (int, float))}
-        if isinstance(layers, list):
-            return {
-                str(r.get("name")): float(r.get("pq_index", r.get("pqi", float("nan"))))
-                for r in layers
-                if isinstance(r, dict)
-            }
-    return None
+    report = pq_index_report(model, masks)
+    return {"layers": dict(report.layers), "global": float(report.global_index)}

@@ -2,7 +2,8 @@
 
 Columns follow ShrinkBench: accuracy (mean and sample standard deviation over seeds), parameters,
 non-zero parameters, dense MACs, non-zero MACs, theoretical speedup (dense / non-zero MACs) and
-compression ratio (parameters / non-zeros). Cost columns are means over seeds.
+compression ratio (parameters / non-zeros). Cost columns are means over seeds; the CSV also has
+the mean global PQ Index of the final weights (METHODS §3).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class ReportRow:
     compression: float
     runs: list[str] = field(default_factory=list)
     accuracies: list[float] = field(default_factory=list)
+    pq_index: float = float("nan")
 
 
 def _metric_key(results: list[dict[str, Any]]) -> str:
@@ -145,6 +147,9 @@ def aggregate(results: list[dict[str, Any]], metric: str | None = None) -> list[
                 cost("compression"),
                 [str(r.get("run_dir", "")) for r in group],
                 accs,
+                _mean(
+                    [float((r.get("pq_index") or {}).get("global", float("nan"))) for r in group]
+                ),
             )
         )
     return rows
@@ -213,6 +218,7 @@ def csv_text(rows: list[ReportRow], metric: str = "test_top1") -> str:
             "nonzero_macs",
             "speedup",
             "compression",
+            "pq_index",
             "runs",
         ]  # fmt: skip
     )
@@ -230,6 +236,7 @@ def csv_text(rows: list[ReportRow], metric: str = "test_top1") -> str:
                 r.nonzero_macs,
                 r.speedup,
                 r.compression,
+                r.pq_index,
                 " ".join(r.runs),
             ]  # fmt: skip
         )

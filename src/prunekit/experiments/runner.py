@@ -527,7 +527,7 @@ def final_metrics(
         out["files"] = file_sizes(model)
     if cfg.metrics.latency:
         out["latency_s"] = measure_latency(model, example, repeats=cfg.metrics.latency_repeats)
-    pqi = pq_indices(model)
+    pqi = pq_indices(model, masks)
     if pqi is not None:
         out["pq_index"] = pqi
     return out
