@@ -118,3 +118,30 @@ def test_mlflow_tracker_logs_params_metrics_and_files(tmp_path, monkeypatch):
     assert calls["params"][0]["prune.allocation"] == "lamp"
     assert calls["metrics"][0]["final.test_top1"] == result["final"]["test_top1"]
     assert any(p.endswith("result.json") for p in calls["artifacts"])
+    assert any(p.endswith("layer_sparsity_70.png") for p in calls["artifacts"])
+
+
+def test_wandb_tracker_offline(tmp_path, monkeypatch):
+    logged: dict[str, list] = {"init": [], "log": [], "finish": []}
+
+    class _Run:
+        def log(self, data):
+            logged["log"].append(data)
+
+        def finish(self):
+            logged["finish"].append(True)
+
+    def init(**kwargs):
+        logged["init"].append(kwargs)
+        return _Run()
+
+    fake = types.SimpleNamespace(init=init, Image=lambda path: path)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = resolve({**TINY, "tracker": "wandb", "output": str(tmp_path / "o")})
+    result = run_experiment(cfg, quiet=True)
+    assert logged["init"][0]["mode"] == "offline"
+    assert logged["init"][0]["config"]["prune.sparsity"] == 0.7
+    assert logged["log"][0]["final.test_top1"] == result["final"]["test_top1"]
+    assert logged["finish"] == [True]
+    assert any("layer_sparsity_70" in entry for entry in logged["log"][1:])

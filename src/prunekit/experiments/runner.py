@@ -617,6 +617,10 @@ def run_experiment(
         store.record(root.name, chash, to_dict(cfg), "failed", None, str(root), cfg.label)
         raise
     store.record(root.name, chash, to_dict(cfg), "done", _summary(result), str(root), cfg.label)
+    if cfg.tracker != "none":
+        from prunekit.experiments.plots import plot_layer_sparsity
+
+        plot_layer_sparsity([result], root)  # the per-layer plot goes to the tracker too
     tracker.log_run(cfg, result, root)
     tracker.close()
     return result
