@@ -44,13 +44,20 @@ def collect_results(directory: str | Path) -> list[dict[str, Any]]:
     files = [root / "result.json"] if (root / "result.json").is_file() else []
     files += sorted(p for p in root.rglob("result.json") if p.parent != root)
     results = []
+    seen: set[str] = set()
     for path in files:
+        if {"mlruns", "wandb"} & set(path.parts):
+            continue  # tracker copies of a run's result
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
         if isinstance(data, dict) and "final" in data and "method" in data:
             data.setdefault("run_dir", str(path.parent))
+            key = str(Path(data["run_dir"]).name) + str(data.get("config_hash"))
+            if key in seen:
+                continue
+            seen.add(key)
             results.append(data)
     return results
 
