@@ -63,15 +63,20 @@ def plot_layer_sparsity(results: list[dict[str, Any]], directory: str | Path) ->
     the first seed found)."""
     plt = _pyplot()
     by_sparsity: dict[float, dict[str, dict[str, float]]] = {}
+    order: list[str] = []
     for r in sorted(results, key=lambda r: r.get("seed", 0)):
         layers = r.get("layer_sparsity")
         if not layers:
             continue
+        if not order:  # model order, from the cost rows (layer name + ".weight")
+            rows = [f"{row['name']}.weight" for row in r.get("costs", {}).get("layers", [])]
+            order = [n for n in rows if n in layers]
         s = round(float(r.get("target_sparsity", r.get("sparsity", 0))), 6)
         by_sparsity.setdefault(s, {}).setdefault(str(r["method"]), layers)
     paths = []
     for s, methods in sorted(by_sparsity.items()):
-        names = list(next(iter(methods.values())))
+        first = next(iter(methods.values()))
+        names = order + [n for n in first if n not in order]
         width = 0.8 / max(len(methods), 1)
         fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) * max(1, len(methods) / 2)), 4))
         for i, (method, layers) in enumerate(sorted(methods.items())):
@@ -82,7 +87,7 @@ def plot_layer_sparsity(results: list[dict[str, Any]], directory: str | Path) ->
         ax.set_ylabel("layer sparsity (%)")
         ax.set_ylim(0, 100)
         ax.set_title(f"per-layer sparsity at {s:.0%} overall")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         paths.append(_save(fig, Path(directory) / f"layer_sparsity_{round(s * 100):02d}.png"))
         plt.close(fig)
     return paths
