@@ -144,3 +144,25 @@ def test_data_driven_criterion_gets_calibration_batches(tmp_path):
     result = run_experiment(cfg, quiet=True)
     assert abs(result["sparsity"] - 0.8) < 1e-3
     assert set(result["pq_index"]["layers"]) == set(result["layer_sparsity"])
+
+
+def test_language_model_run_counts_attention(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 60)
+    cfg = resolve(
+        {
+            "name": "lm",
+            "model": {"name": "gpt", "kwargs": {"n_layer": 1, "n_head": 2, "n_embd": 16}},
+            "data": {"name": "text", "kwargs": {"path": str(corpus), "block_size": 16}},
+            "train": {"epochs": 0.2, "batch_size": 16, "lr": 0.01, "optimizer": "adamw"},
+            "prune": {"sparsity": 0.5, "allocation": "uniform"},
+            "retrain": {"epochs": 0.1},
+            "output": str(tmp_path / "out"),
+        }
+    )
+    result = run_experiment(cfg, quiet=True)
+    assert "test_perplexity" in result["final"]
+    rows = {r["name"]: r for r in result["costs"]["layers"]}
+    assert rows["attention"]["dense_macs"] == rows["attention"]["nonzero_macs"] > 0
+    q = rows["blocks.0.attn.q_proj"]
+    assert q["dense_macs"] == 16 * 16 * 16 and q["nonzero_macs"] == q["dense_macs"] // 2

@@ -180,8 +180,15 @@ def model_kwargs(cfg: ExperimentConfig, data: DatasetBundle) -> dict[str, Any]:
         guesses["in_channels"] = shape[0]
         guesses["image_size"] = shape[-1]
     guesses["in_features"] = math.prod(shape)
+    if data.task == "lm" and len(shape) == 1:
+        guesses["block_size"] = shape[0]
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     for key, value in guesses.items():
-        if key in params and key not in kwargs:
+        # A factory taking **kwargs (e.g. gpt) gets only the language-model sizes.
+        accepted = key in params or (
+            var_kw and data.task == "lm" and key in ("vocab_size", "block_size")
+        )
+        if accepted and key not in kwargs:
             kwargs[key] = value
     return kwargs
 
