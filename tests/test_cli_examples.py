@@ -27,6 +27,12 @@ def _tiny(path: Path, tmp_path: Path) -> list[str]:
         sets.append("model.kwargs.hidden=[16]")
     if cfg.model.name == "cnn1d":
         sets.append("model.kwargs.channels=4")
+    if cfg.model.name == "gpt":
+        sets.append("model.kwargs={n_layer: 1, n_head: 2, n_embd: 16}")
+    if cfg.data.name == "text":
+        corpus = tmp_path / "corpus.txt"
+        corpus.write_text("pack my box with five dozen liquor jugs. " * 40)
+        sets += [f"data.kwargs.path={corpus}", "data.kwargs.block_size=16", "train.epochs=0.2"]
     if cfg.prune.gmp_frequency is not None:
         sets.append("prune.gmp_frequency=2")
     sets.append(f"output={tmp_path / 'out'}")
@@ -42,7 +48,7 @@ def _tiny(path: Path, tmp_path: Path) -> list[str]:
 
 def test_examples_exist():
     names = {p.stem for p in EXAMPLES}
-    assert {"one_shot", "imp", "imp_lr_rewind", "bimp", "gmp", "sweep"} <= names
+    assert {"one_shot", "imp", "imp_lr_rewind", "bimp", "gmp", "sweep", "gpt_text"} <= names
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
