@@ -46,7 +46,7 @@ from prunekit.experiments.typed import ConfigError, to_dict
 from prunekit.masks import MaskSet
 from prunekit.prune import compute_masks, pruning_plan
 from prunekit.schedules import BIMP, GMP, IMP
-from prunekit.serialization import load_safetensors, save_safetensors, write_json
+from prunekit.serialization import atomic_path, load_safetensors, save_safetensors, write_json
 from prunekit.training.lr import LRW, LRSchedule, make_lr_schedule, make_retrain_schedule
 from prunekit.training.recipes import GMPCallback, PruneSpec, pruning_norm_change
 from prunekit.training.trainer import Callback, Trainer, evaluate, make_optimizer
@@ -551,8 +551,19 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Run ``cfg`` end to end (or resume it); return the run's result (also in ``result.json``).
 
-    A finished run is not run again: its stored result is returned.
+    A finished run is not run again: its stored result is returned. Two processes given the same
+    config take turns (the run directory is locked): the second finds the run finished.
     """
+    from prunekit.experiments.trackers import check_tracker
+
+    root = run_dir(cfg)
+    if not (root / "result.json").is_file():
+        check_tracker(cfg.tracker)  # fails before anything is created when not installed
+    with _locked(root):
+        return _run_locked(cfg, quiet, store)
+
+
+def _run_locked(cfg: ExperimentConfig, quiet: bool, store: ResultsStore | None) -> dict[str, Any]:
     from prunekit.experiments.trackers import make_tracker
 
     root = run_dir(cfg)
@@ -570,7 +581,8 @@ def run_experiment(
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "config.yaml").write_text(resolved_yaml(cfg))
+    with atomic_path(root / "config.yaml") as tmp:
+        tmp.write_text(resolved_yaml(cfg))
     store.record(root.name, chash, to_dict(cfg), "running", None, str(root), cfg.label)
     start = time.perf_counter()
     try:
