@@ -151,6 +151,11 @@ def _load_state(model: nn.Module, path: Path) -> None:
     model.load_state_dict(read_state_dict(path))
 
 
+def _load_masks(path: Path, model: nn.Module) -> MaskSet:
+    # Masks live on the model's device (it is on the GPU after training there).
+    return MaskSet.load(path, device=next(model.parameters()).device)
+
+
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
@@ -409,13 +414,13 @@ def _prune_retrain_stages(
         done = pdir / "phase.json"
         if done.is_file():
             _load_state(model, pdir / "model.safetensors")
-            masks = MaskSet.load(pdir / "masks.safetensors")
+            masks = _load_masks(pdir / "masks.safetensors", model)
             results.append(_read_json(done))
             ctx.log(f"phase {j}: done, skipped")
             continue
         pdir.mkdir(parents=True, exist_ok=True)
         if (pdir / "masks.safetensors").is_file():
-            new = MaskSet.load(pdir / "masks.safetensors")
+            new = _load_masks(pdir / "masks.safetensors", model)
         else:
             new = _compute_masks(cfg, model, ctx.data, phase.target, masks, cfg.seed + j)
             new.save(pdir / "masks.safetensors")
@@ -482,7 +487,7 @@ def _gmp_stage(ctx: _Context, model: nn.Module, root: Path) -> tuple[MaskSet, li
     done = pdir / "phase.json"
     if done.is_file():
         _load_state(model, pdir / "model.safetensors")
-        return MaskSet.load(pdir / "masks.safetensors"), [_read_json(done)]
+        return _load_masks(pdir / "masks.safetensors", model), [_read_json(done)]
     try:
         schedule = GMP.for_training(
             p.sparsity, ctx.original.total, p.gmp_start, p.gmp_end, p.gmp_frequency
