@@ -9,6 +9,8 @@ from prunekit.training.controls import (
     scratch_iterations,
     shuffle_masks,
 )
+from prunekit.training.dst import DSTCallback, GraNetCallback, RigLCallback
+from prunekit.training.dst_recipes import run_at_init, run_granet, run_rigl, run_sap
 from prunekit.training.lr import (
     ALLR,
     CLR,
@@ -44,6 +46,13 @@ from prunekit.training.recipes import (
 from prunekit.training.trainer import Callback, FitResult, Trainer, evaluate, make_optimizer
 
 __all__ = [
+    "DSTCallback",
+    "GraNetCallback",
+    "RigLCallback",
+    "run_at_init",
+    "run_granet",
+    "run_rigl",
+    "run_sap",
     "ExperimentResult",
     "GMPCallback",
     "PhaseResult",
