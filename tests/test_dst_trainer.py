@@ -12,7 +12,7 @@ from torch import nn
 from prunekit.data import DatasetBundle, TensorData
 from prunekit.training import Callback, ConstantLR, Trainer, TrainSpec, make_optimizer
 from prunekit.training.dst import GraNetCallback, RigLCallback
-from prunekit.training.dst_recipes import run_granet, run_rigl
+from prunekit.training.dst_recipes import run_granet, run_rigl, run_sap
 
 
 @pytest.fixture(autouse=True)
@@ -267,3 +267,16 @@ def test_run_rigl_recipe_resumes_from_its_checkpoint(tmp_path):
     again = run_rigl(_model(), _bundle(), TRAIN, sparsity=0.8, delta_t=3, checkpoint_dir=tmp_path)
     assert again.details["updates"] == first.details["updates"]
     assert again.final == first.final
+
+
+def test_bad_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="t_end_fraction"):
+        RigLCallback(0.9, t_end_fraction=1.5)
+    with pytest.raises(ValueError, match="prune_end_fraction"):
+        GraNetCallback(0.9, prune_end_fraction=-0.1)
+    with pytest.raises(TypeError, match="masks"):
+        RigLCallback(masks={"w": torch.ones(2, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="sparsity"):
+        Trainer(_model(), _data(), iterations=2, callbacks=[RigLCallback()]).fit()
+    with pytest.raises(ValueError, match="rounds"):
+        run_sap(_model(), _bundle(), TRAIN, rounds=0)

@@ -142,6 +142,7 @@ class RigLCallback(DSTCallback):
             "targets": targets,
             "seed": seed,
         }
+        _fraction_of(1, t_end_fraction, "t_end_fraction")  # validate now, not at fit()
         self.t_end = t_end
         self.t_end_fraction = t_end_fraction
 
@@ -195,6 +196,12 @@ class GraNetCallback(DSTCallback):
             "targets": targets,
             "seed": seed,
         }
+        for name, value in (
+            ("start_fraction", start_fraction),
+            ("prune_end_fraction", prune_end_fraction),
+            ("t_end_fraction", t_end_fraction),
+        ):
+            _fraction_of(1, value, name)  # validate now, not at fit()
         self.bounds = (t_start, t_prune_end, t_end)
         self.fractions = (start_fraction, prune_end_fraction, t_end_fraction)
 
