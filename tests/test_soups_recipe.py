@@ -151,6 +151,24 @@ def test_vary_schedule_and_length(digits):
     check_masks(model.state_dict(), result.masks)
 
 
+def test_explicit_sparsities_and_retrain_lr(digits):
+    result = run_soups(
+        _model(bn=False),
+        digits,
+        TRAIN,
+        PruneSpec(0.99),  # ignored: the phases follow ``sparsities``
+        m=1,
+        sparsities=[0.5, 0.7],
+        retrain_lr=0.02,
+        pretrained=True,
+    )
+    assert [p.target_sparsity for p in result.phases] == [0.5, 0.7]
+    assert [p.sparsity for p in result.phases] == pytest.approx([0.5, 0.7], abs=1e-3)
+    assert all(p.lr0 == pytest.approx(0.02) for p in result.phases)
+    with pytest.raises(ValueError, match="sparsities"):
+        run_soups(_model(), digits, TRAIN, PruneSpec(0.5), sparsities=[0.9, 0.5], pretrained=True)
+
+
 def test_retrain_fn_is_picklable_and_keeps_masks(digits):
     model = _model()
     masks = prunekit.compute_masks(model, 0.5)

@@ -36,7 +36,12 @@ from prunekit.soups import (
     prediction_ensemble,
     run_soup_phase,
 )
-from prunekit.training.lr import LRSchedule, list_retrain_schedules, make_retrain_schedule
+from prunekit.training.lr import (
+    LRSchedule,
+    list_retrain_schedules,
+    make_lr_schedule,
+    make_retrain_schedule,
+)
 from prunekit.training.recipes import (
     ExperimentResult,
     PhaseResult,
@@ -227,6 +232,8 @@ def run_soups(
     values: Sequence[Any] | None = None,
     retrain_epochs: float = 1.0,
     retrain_schedule: str = "llr",
+    retrain_lr: float | None = None,
+    sparsities: Sequence[float] | None = None,
     merge: str = "uniform",
     workers: int = 1,
     out_dir: str | Path | None = None,
@@ -254,6 +261,10 @@ def run_soups(
             :func:`~prunekit.training.list_retrain_schedules`).
         retrain_epochs / retrain_schedule: every ingredient's retraining length and schedule
             (``ft``, ``lrw``, ``slr``, ``clr``, ``llr``, ``allr``) unless varied.
+        retrain_lr: the peak LR the retraining schedules are derived from (default
+            ``train.lr``: the original schedule's).
+        sparsities: explicit increasing per-phase targets (e.g. ``[0.9, 0.95]``) instead of
+            the IMP schedule; ``phases`` is then their number.
         merge: the soup carried into the next phase: ``"uniform"``, ``"greedy"`` or ``"best"``
             (the better of the two on validation). Both soups are always built and reported.
         workers: ingredients retrained in parallel (spawned processes).
@@ -272,7 +283,20 @@ def run_soups(
         :class:`SoupPhase` records; ``to_dict()`` is plain JSON-ready data and ``masks`` the
         final mask set.
     """
+    if sparsities is not None:
+        targets = [float(t) for t in sparsities]
+        if not targets or any(not 0.0 < t < 1.0 for t in targets) or targets != sorted(targets):
+            raise ValueError(
+                f"sparsities: expected increasing targets in (0, 1), got {list(sparsities)!r}"
+            )
+        phases = len(targets)
     _check_options(phases, m, vary, merge, retrain_schedule, values, bn_fraction)
+    if sparsities is None:
+        targets = IMP(prune.sparsity, phases).targets()
+    if retrain_lr is not None and (
+        isinstance(retrain_lr, bool) or not isinstance(retrain_lr, (int, float)) or retrain_lr <= 0
+    ):
+        raise ValueError(f"retrain_lr: expected a positive number, got {retrain_lr!r}")
     if not isinstance(data, DatasetBundle):
         raise TypeError(f"data: expected a DatasetBundle, got {type(data).__name__}")
     if len(data.val) == 0:
@@ -310,12 +334,16 @@ def run_soups(
     test_batches = _batches(data.test, 512)
     bn_data = _bn_batches(data.train, train.batch_size, bn_fraction, train.seed)
     base_its = _epochs_to_iterations(retrain_epochs, train, data)
+    retrain_original = (
+        original
+        if retrain_lr is None
+        else make_lr_schedule(train.lr_schedule, float(retrain_lr), original.total)
+    )
 
-    schedule = IMP(prune.sparsity, phases)
     masks: MaskSet | None = None
     records: list[SoupPhase] = []
     total_retrain = 0
-    for j, target in zip(schedule.pruning_steps(), schedule.targets()):
+    for j, target in enumerate(targets, start=1):
         new = _prune_step(model, prune, target, masks, seed=train.seed + j)
         norm_change, pruned_fraction = pruning_norm_change(model, masks, new)
         new.apply(model)
@@ -336,7 +364,7 @@ def run_soups(
         retrain_fn = TrainerRetrain(
             data.train,
             train,
-            original,
+            retrain_original,
             task=data.task,
             augment=data.augment,
             checkpoint_root=str(ckpt_root) if ckpt_root is not None else None,
@@ -374,7 +402,7 @@ def run_soups(
                 merge,
                 test_batches,
                 device,
-                original,
+                retrain_original,
             )
         )
         records[-1].pruned = pruned_metrics
@@ -396,6 +424,8 @@ def run_soups(
             values=list(values) if values is not None else None,
             retrain_epochs=retrain_epochs,
             retrain_schedule=retrain_schedule,
+            retrain_lr=retrain_lr,
+            sparsities=targets,
             merge=merge,
             workers=workers,
             pretrained=pretrained,
