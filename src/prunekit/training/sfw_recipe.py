@@ -286,6 +286,9 @@ def run_sfw(
     root = Path(out_dir) if out_dir is not None else None
     original = original_schedule(train, data)
     targets = sfw.targets if sfw is not None else None
+    # the Trainer's default device; compression and evaluation run there too
+    device = torch.device(train.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
 
     dense_its = 0
     max_ratio: float | None = None
@@ -340,7 +343,7 @@ def run_sfw(
             masks = None
             ranks = low_rank(work, rank_fraction=level, targets=targets, factorize=factorize).ranks
         if bn_data:
-            recalibrate_batchnorm(work, bn_data, device=train.device)
+            recalibrate_batchnorm(work, bn_data, device=device)
         pruned = _metrics(work, data)
         its = _epochs_to_iterations(retrain_epochs, train, data)
         retrained: dict[str, float] = {}

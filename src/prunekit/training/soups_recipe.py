@@ -328,8 +328,10 @@ def run_soups(
             checkpoint_every=checkpoint_every or per_epoch,
         ).fit(resume=True)
         dense_its = original.total
+    # the Trainer's default device; everything (evaluation, soups, ensemble) runs there
+    device = torch.device(train.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
     dense = _metrics(model, data)
-    device = train.device
     val_batches = _batches(data.val, 512)
     test_batches = _batches(data.test, 512)
     bn_data = _bn_batches(data.train, train.batch_size, bn_fraction, train.seed)
@@ -471,7 +473,7 @@ def _record(
         )
         member = copy.deepcopy(model)
         member.load_state_dict(sd)
-        members.append(member)
+        members.append(member.to(device))
     work.load_state_dict(phase.uniform_state_dict)
     uniform = {"val_top1": phase.uniform_accuracy, "test_top1": _top1(work, data.test, data.task)}
     work.load_state_dict(phase.greedy_state_dict)
