@@ -36,6 +36,7 @@ from prunekit.soups import (
     prediction_ensemble,
     run_soup_phase,
 )
+from prunekit.training.distributed import dist_info, is_distributed
 from prunekit.training.lr import (
     LRSchedule,
     list_retrain_schedules,
@@ -152,6 +153,8 @@ class TrainerRetrain:
             progress=spec.progress,
             checkpoint_dir=self.checkpoint_dir(variant),
             checkpoint_every=self.checkpoint_every or per_epoch,
+            # one ingredient is one process's run; ranks of a job share out the ingredients
+            distributed=False,
         ).fit(resume=True)
         return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -302,6 +305,9 @@ def run_soups(
     if len(data.val) == 0:
         raise ValueError("data: soups need a non-empty validation split (val_fraction > 0)")
     root = Path(out_dir) if out_dir is not None else None
+    rank, world = dist_info() if is_distributed() else (0, 1)
+    if world > 1 and root is None:
+        raise ValueError("out_dir: a multi-process job shares its ingredients through out_dir")
     original = original_schedule(train, data)
     dense_its = 0
     if not pretrained:
@@ -375,7 +381,8 @@ def run_soups(
         )
         if phase_dir is not None:
             phase_dir.mkdir(parents=True, exist_ok=True)
-            new.save(phase_dir / "masks.safetensors")
+            if rank == 0:
+                new.save(phase_dir / "masks.safetensors")
         phase = run_soup_phase(
             model,
             new,
@@ -388,8 +395,8 @@ def run_soups(
             select=merge,
             device=device,
         )
-        if ckpt_root is not None and not keep_checkpoints and ckpt_root.exists():
-            shutil.rmtree(ckpt_root)
+        if ckpt_root is not None and not keep_checkpoints and rank == 0:
+            shutil.rmtree(ckpt_root, ignore_errors=True)
         masks = new
         records.append(
             _record(
@@ -435,7 +442,7 @@ def run_soups(
         ),
         masks,
     )
-    if root is not None:
+    if root is not None and rank == 0:
         write_json(result.to_dict(), root / "result.json")
     return result
 
