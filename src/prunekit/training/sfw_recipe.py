@@ -227,7 +227,7 @@ def run_sfw(
     model: nn.Module,
     data: DatasetBundle,
     train: TrainSpec,
-    sfw: SFWSpec | None = None,
+    sfw: SFWSpec | None,
     *,
     compress: str = "magnitude",
     levels: Sequence[float] | None = None,
@@ -251,8 +251,9 @@ def run_sfw(
             uses the schedule shape with peak ``sfw.lr``; retraining after compression uses
             ``train.optimizer`` with peak ``train.lr`` and a retraining schedule derived from
             ``train``'s dense schedule.
-        sfw: constraint and optimizer settings (default :class:`SFWSpec`: k-support ball, 5% of
-            each layer). ``None`` trains with ``train.optimizer`` instead (the baseline).
+        sfw: constraint and optimizer settings (``SFWSpec()``: a k-support ball per layer with
+            k = 5% of its entries, tau 10, lr 1.0). ``None`` trains with ``train.optimizer``
+            instead: the baseline to compare with.
         compress: ``"magnitude"`` (unstructured, :func:`prunekit.prune`), ``"filters"`` (zero
             the output filters with the smallest L2 norm) or ``"low_rank"`` (truncated SVD).
         levels: sparsities (magnitude), fractions of filters removed (filters) or rank fractions
