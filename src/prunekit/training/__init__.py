@@ -43,6 +43,14 @@ from prunekit.training.recipes import (
     run_scratch,
     run_sparse_training,
 )
+from prunekit.training.sfw_recipe import (
+    CompressionResult,
+    FrankWolfeCallback,
+    SFWSpec,
+    make_sfw_optimizer,
+    run_sfw,
+)
+from prunekit.training.soups_recipe import SoupPhase, TrainerRetrain, run_soups
 from prunekit.training.trainer import Callback, FitResult, Trainer, evaluate, make_optimizer
 
 __all__ = [
@@ -67,7 +75,15 @@ __all__ = [
     "run_imp",
     "run_one_shot",
     "run_scratch",
+    "run_sfw",
+    "run_soups",
     "run_sparse_training",
+    "CompressionResult",
+    "FrankWolfeCallback",
+    "SFWSpec",
+    "SoupPhase",
+    "TrainerRetrain",
+    "make_sfw_optimizer",
     "scratch_iterations",
     "shuffle_masks",
     "ALLR",
