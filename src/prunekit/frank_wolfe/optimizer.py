@@ -116,10 +116,33 @@ class SFW(torch.optim.Optimizer):
         for group in state["param_groups"]:
             group.pop("constraint", None)
             group.pop("relaxed", None)
+        # the LMO's warm-start state is a nested dict: flatten it to "lmo.<key>" entries so that
+        # every value is a tensor or a plain value (checkpoints store them without pickle)
+        # (copies: the packed entries are the live per-parameter state dicts)
+        state["state"] = {index: dict(entry) for index, entry in state["state"].items()}
+        for entry in state["state"].values():
+            lmo = entry.pop("lmo", None)
+            if isinstance(lmo, dict):
+                entry["lmo"] = {k: v for k, v in lmo.items() if not isinstance(v, Tensor)}
+                for key, value in lmo.items():
+                    if isinstance(value, Tensor):
+                        entry[f"lmo.{key}"] = value
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         constraints = [group["constraint"] for group in self.param_groups]
+        state_dict = dict(state_dict)
+        unflattened = {}
+        for index, entry in state_dict.get("state", {}).items():
+            entry = dict(entry)
+            flat = [k for k in entry if k.startswith("lmo.")]
+            if flat or "lmo" in entry:
+                lmo = dict(entry.pop("lmo", None) or {})
+                for key in flat:
+                    lmo[key[len("lmo.") :]] = entry.pop(key)
+                entry["lmo"] = lmo
+            unflattened[index] = entry
+        state_dict["state"] = unflattened
         super().load_state_dict(state_dict)
         for group, constraint in zip(self.param_groups, constraints):
             group["constraint"] = constraint

@@ -9,6 +9,8 @@ from prunekit.training.controls import (
     scratch_iterations,
     shuffle_masks,
 )
+from prunekit.training.dst import DSTCallback, GraNetCallback, RigLCallback
+from prunekit.training.dst_recipes import run_at_init, run_granet, run_rigl, run_sap
 from prunekit.training.lr import (
     ALLR,
     CLR,
@@ -41,9 +43,24 @@ from prunekit.training.recipes import (
     run_scratch,
     run_sparse_training,
 )
+from prunekit.training.sfw_recipe import (
+    CompressionResult,
+    FrankWolfeCallback,
+    SFWSpec,
+    make_sfw_optimizer,
+    run_sfw,
+)
+from prunekit.training.soups_recipe import SoupPhase, TrainerRetrain, run_soups
 from prunekit.training.trainer import Callback, FitResult, Trainer, evaluate, make_optimizer
 
 __all__ = [
+    "DSTCallback",
+    "GraNetCallback",
+    "RigLCallback",
+    "run_at_init",
+    "run_granet",
+    "run_rigl",
+    "run_sap",
     "ExperimentResult",
     "GMPCallback",
     "PhaseResult",
@@ -58,7 +75,15 @@ __all__ = [
     "run_imp",
     "run_one_shot",
     "run_scratch",
+    "run_sfw",
+    "run_soups",
     "run_sparse_training",
+    "CompressionResult",
+    "FrankWolfeCallback",
+    "SFWSpec",
+    "SoupPhase",
+    "TrainerRetrain",
+    "make_sfw_optimizer",
     "scratch_iterations",
     "shuffle_masks",
     "ALLR",

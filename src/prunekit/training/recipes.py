@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from prunekit.data.base import DatasetBundle
 from prunekit.masks import MaskSet
+from prunekit.pqi import pq_index_report
 from prunekit.prune import compute_masks
 from prunekit.schedules import BIMP, GMP, IMP, OneShot
 from prunekit.targets import Targets
@@ -84,7 +85,10 @@ class PhaseResult:
 
 @dataclass
 class ExperimentResult:
-    """Plain-data result of a recipe; ``masks`` holds the final mask set (not in ``to_dict``)."""
+    """Plain-data result of a recipe; ``masks`` holds the final mask set (not in ``to_dict``).
+
+    ``details`` holds recipe-specific measurements (JSON-ready), e.g. the PQ Index per phase.
+    """
 
     recipe: str
     dense: dict[str, float]
@@ -95,6 +99,7 @@ class ExperimentResult:
     config: dict[str, Any] = field(default_factory=dict)
     masks: MaskSet | None = None
     rewind_state: dict[str, Tensor] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (without the mask set and the rewind state)."""
@@ -347,6 +352,7 @@ def run_imp(
     retrain_schedule: str = "ft",
     pretrained: bool = False,
     rewind_state: dict[str, Tensor] | None = None,
+    log_pq_index: bool = False,
 ) -> ExperimentResult:
     """Iterative magnitude pruning over ``phases`` phases to ``prune.sparsity``.
 
@@ -360,6 +366,8 @@ def run_imp(
         retrain_epochs: retraining length per phase for ``"lr"`` / ``"none"`` (default: the
             length of the dense run).
         rewind_state: theta_k when ``pretrained`` (a state_dict to rewind to).
+        log_pq_index: record the PQ Index (per layer and global) of the dense model and of the
+            retrained model after every phase in ``result.details["pq_index"]``.
 
     The result's ``config["rewind_state"]`` is not stored; the rewind point is available as
     ``result.config["rewind_iteration"]``.
@@ -383,6 +391,7 @@ def run_imp(
     else:
         dense_its = _pretrain(model, data, train, original, pretrained)
     dense = _metrics(model, data)
+    pq_log = [_pq_entry(model, None, prune.targets, 0, dense)] if log_pq_index else []
 
     masks: MaskSet | None = None
     results: list[PhaseResult] = []
@@ -426,6 +435,8 @@ def run_imp(
         )
         results.append(phase)
         total_retrain += its
+        if log_pq_index:
+            pq_log.append(_pq_entry(model, masks, prune.targets, j, phase.retrained))
     return ExperimentResult(
         "imp",
         dense,
@@ -444,7 +455,26 @@ def run_imp(
         ),
         masks,
         rewind_state if rewind == "weights" else None,
+        {"pq_index": pq_log} if log_pq_index else {},
     )
+
+
+def _pq_entry(
+    model: nn.Module,
+    masks: MaskSet | None,
+    targets: Targets | None,
+    phase: int,
+    metrics: dict[str, float],
+) -> dict[str, Any]:
+    """PQ Index of ``model`` (d = kept weights, or non-zero ones without masks) beside metrics."""
+    report = pq_index_report(model, masks, targets=targets)
+    return {
+        "phase": phase,
+        "sparsity": masks.sparsity if masks is not None else 0.0,
+        "global": report.global_index,
+        "layers": dict(report.layers),
+        **{k: v for k, v in metrics.items() if k.endswith("top1") or k.endswith("loss")},
+    }
 
 
 def run_bimp(

@@ -45,8 +45,24 @@ class Callback:
 
     def on_fit_start(self, trainer: Trainer) -> None: ...
 
+    def on_before_step(self, trainer: Trainer, loss: Tensor) -> bool | None:
+        """After ``backward()``, before gradient clipping and ``optimizer.step()``.
+
+        Return False to skip this optimizer step (the iteration still counts: the LR schedule
+        and data order go on). Gradients may be scaled by the AMP ``GradScaler``.
+        """
+        return None
+
     def on_step_end(self, trainer: Trainer, loss: Tensor) -> None:
         """After each optimizer step; ``trainer.iteration`` counts the steps done."""
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """JSON-able state stored in the Trainer's checkpoints (None: nothing to store)."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; called by :meth:`Trainer.load`, before
+        ``on_fit_start``, after the model, optimizer and masks are restored."""
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None: ...
 
@@ -372,6 +388,8 @@ class Trainer:
             loss = self.compute_loss(self.net(x), y)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            if not self._before_step(loss):
+                return loss.detach()  # skipped before unscale_: the scaler's state is untouched
             if self.grad_clip is not None:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
@@ -379,10 +397,21 @@ class Trainer:
             self.scaler.update()
         else:
             loss.backward()
+            if not self._before_step(loss):
+                return loss.detach()
             if self.grad_clip is not None:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
             self.optimizer.step()
         return loss.detach()
+
+    def _before_step(self, loss: Tensor) -> bool:
+        # Every callback sees every step (some count them), even when an earlier one vetoes it.
+        proceed = True
+        for cb in self.callbacks:
+            hook = getattr(cb, "on_before_step", None)
+            if hook is not None and hook(self, loss.detach()) is False:
+                proceed = False
+        return proceed
 
     def _set_lr(self, iteration: int) -> None:
         if self.lr_schedule is None:
@@ -502,6 +531,7 @@ class Trainer:
                     "seed": self.seed,
                     "total": self.total,
                     "epoch_loss": [float(self._epoch_loss[0]), int(self._epoch_loss[1])],
+                    "callbacks": self._callback_states(),
                 },
             )
         if self.distributed:
@@ -525,7 +555,22 @@ class Trainer:
         loss_sum, loss_count = extra.get("epoch_loss", [0.0, 0])
         self._epoch_loss = (float(loss_sum), int(loss_count))
         self.set_masks(masks)
+        states = extra.get("callbacks", {})
+        for key, cb in zip(self._callback_keys(), self.callbacks):
+            if key in states and hasattr(cb, "load_state_dict"):
+                cb.load_state_dict(states[key])
         return True
+
+    def _callback_keys(self) -> list[str]:
+        return [f"{i}:{type(cb).__name__}" for i, cb in enumerate(self.callbacks)]
+
+    def _callback_states(self) -> dict[str, Any]:
+        states = {}
+        for key, cb in zip(self._callback_keys(), self.callbacks):
+            state = cb.state_dict() if hasattr(cb, "state_dict") else None
+            if state is not None:
+                states[key] = state
+        return states
 
     def _checkpoint_path(self) -> Path:
         if self.checkpoint_dir is None:
