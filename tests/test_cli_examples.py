@@ -48,7 +48,8 @@ def _tiny(path: Path, tmp_path: Path) -> list[str]:
 
 def test_examples_exist():
     names = {p.stem for p in EXAMPLES}
-    assert {"one_shot", "imp", "imp_lr_rewind", "bimp", "gmp", "sweep", "gpt_text"} <= names
+    expected = {"one_shot", "imp", "imp_lr_rewind", "bimp", "gmp", "rigl", "at_init", "sweep"}
+    assert expected | {"gpt_text", "finetune_checkpoint"} <= names
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])

@@ -166,3 +166,24 @@ def test_language_model_run_counts_attention(tmp_path):
     assert rows["attention"]["dense_macs"] == rows["attention"]["nonzero_macs"] > 0
     q = rows["blocks.0.attn.q_proj"]
     assert q["dense_macs"] == 16 * 16 * 16 and q["nonzero_macs"] == q["dense_macs"] // 2
+
+
+def test_dynamic_sparse_and_at_init_schedules(tmp_path):
+    import pytest
+
+    from prunekit.experiments.typed import ConfigError
+
+    rigl = resolve(
+        tiny(tmp_path, schedule="rigl", allocation="erk", options={"delta_t": 5, "alpha": 0.3})
+    )
+    result = run_experiment(rigl, quiet=True)
+    assert abs(result["sparsity"] - 0.8) < 0.01
+    assert result["phases"][0]["retrain_schedule"] == "during_training"
+    at_init = resolve(tiny(tmp_path, schedule="at_init", criterion="snip"))
+    result = run_experiment(at_init, quiet=True)
+    assert abs(result["sparsity"] - 0.8) < 1e-3
+    assert result["iterations"]["dense"] == 0
+    with pytest.raises(ConfigError, match=r"^prune.options.delta: unknown option.*delta_t"):
+        resolve(tiny(tmp_path, schedule="rigl", options={"delta": 5}))
+    with pytest.raises(ConfigError, match=r"^dense_checkpoint:"):
+        resolve({**tiny(tmp_path, schedule="rigl"), "dense_checkpoint": "x.safetensors"})

@@ -28,6 +28,7 @@ __all__ = [
     "PruneConfig",
     "RetrainConfig",
     "SweepConfig",
+    "TRAINING_SCHEDULES",
     "TargetsConfig",
     "TrainConfig",
     "config_hash",
@@ -37,7 +38,9 @@ __all__ = [
     "resolve",
 ]
 
-SCHEDULE_NAMES = ("one_shot", "imp", "bimp", "gmp")
+SCHEDULE_NAMES = ("one_shot", "imp", "bimp", "gmp", "rigl", "granet", "at_init")
+# Schedules that prune during (or before) one training run: no separate dense model.
+TRAINING_SCHEDULES = ("gmp", "rigl", "granet", "at_init")
 # Keys that change where or how a run is reported, not its result.
 _NOT_HASHED = ("name", "output", "tracker", "sweep")
 _TRAIN_NOT_HASHED = ("progress", "checkpoint_every", "threads")
@@ -170,7 +173,10 @@ class PruneConfig:
     ``rewind`` = ``weights`` to theta_k with k = ``rewind_iteration``, ``lr`` for LR rewinding, or
     ``none`` for the ``retrain.schedule``), ``bimp`` (budgeted IMP: linear-decay dense training,
     ``retrain.epochs`` split over the phases, ALLR), ``gmp`` (cubic gradual pruning during training,
-    from ``gmp_start`` to ``gmp_end`` of the run, every ``gmp_frequency`` iterations).
+    from ``gmp_start`` to ``gmp_end`` of the run, every ``gmp_frequency`` iterations), ``rigl`` /
+    ``granet`` (dynamic sparse training for ``train.epochs``; ``options`` are the recipe's
+    keyword arguments such as ``delta_t``, ``alpha``, ``t_end_fraction``), ``at_init`` (prune
+    the untrained model with ``criterion``, e.g. snip / grasp / synflow, then train it sparse).
     """
 
     sparsity: float = 0.9
@@ -179,13 +185,14 @@ class PruneConfig:
     allocation: str = "global"
     min_keep: int | float | None = None
     targets: TargetsConfig = field(default_factory=TargetsConfig)
-    schedule: Literal["one_shot", "imp", "bimp", "gmp"] = "one_shot"
+    schedule: Literal["one_shot", "imp", "bimp", "gmp", "rigl", "granet", "at_init"] = "one_shot"
     phases: int = 3
     rewind: Literal["weights", "lr", "none"] = "none"
     rewind_iteration: int = 0
     gmp_start: float = 0.1
     gmp_end: float = 0.6
     gmp_frequency: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, path: str) -> None:
         from prunekit.allocation import ALLOCATIONS
@@ -207,11 +214,37 @@ class PruneConfig:
             raise ConfigError(f"{_key(path, 'phases')}: expected a positive integer")
         if self.rewind_iteration < 0:
             raise ConfigError(f"{_key(path, 'rewind_iteration')}: expected >= 0")
+        if self.options:
+            allowed = _recipe_options(self.schedule)
+            for key in self.options:
+                if key not in allowed:
+                    raise ConfigError(
+                        f"{_key(path, 'options')}.{key}: unknown option of schedule "
+                        f"{self.schedule!r}; allowed: {', '.join(allowed) or 'none'}"
+                    )
         if not 0.0 <= self.gmp_start < self.gmp_end <= 1.0:
             raise ConfigError(
                 f"{_key(path, 'gmp_start')}: expected 0 <= gmp_start < gmp_end <= 1, got "
                 f"{self.gmp_start} and {self.gmp_end}"
             )
+
+
+# Recipe arguments the runner sets itself from other keys.
+_RECIPE_SET = {"model", "data", "train", "sparsity", "allocation", "targets", "method",
+               "checkpoint_dir", "checkpoint_every", "criterion_options", "num_batches",
+               "criterion_batch_size"}  # fmt: skip
+
+
+def _recipe_options(schedule: str) -> list[str]:
+    """Keyword options ``prune.options`` may set for ``schedule`` (dynamic sparse training)."""
+    import inspect
+
+    if schedule not in ("rigl", "granet"):
+        return []
+    from prunekit.training import dst_recipes
+
+    fn = getattr(dst_recipes, f"run_{schedule}")
+    return [n for n in inspect.signature(fn).parameters if n not in _RECIPE_SET]
 
 
 @dataclass
@@ -281,8 +314,11 @@ class ExperimentConfig:
     def validate(self, path: str) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.name):
             raise ConfigError(f"name: expected letters, digits, '_', '-' or '.', got {self.name!r}")
-        if self.dense_checkpoint is not None and self.prune.schedule == "gmp":
-            raise ConfigError("dense_checkpoint: gmp prunes during training; leave it out")
+        if self.dense_checkpoint is not None and self.prune.schedule in TRAINING_SCHEDULES:
+            raise ConfigError(
+                f"dense_checkpoint: schedule {self.prune.schedule!r} prunes during or before "
+                "training; leave it out"
+            )
         if self.dense_checkpoint is not None and self.prune.rewind == "weights":
             raise ConfigError(
                 "prune.rewind: 'weights' needs the dense training run (its early weights); "

@@ -17,6 +17,7 @@ at any point resumes from its last checkpoint and ends with the same result::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import inspect
 import json
@@ -37,6 +38,7 @@ from torch import nn
 from prunekit.data import create_dataset
 from prunekit.data.base import DatasetBundle
 from prunekit.experiments.config import (
+    TRAINING_SCHEDULES,
     ExperimentConfig,
     config_hash,
     dense_hash,
@@ -48,7 +50,7 @@ from prunekit.prune import compute_masks, pruning_plan
 from prunekit.schedules import BIMP, GMP, IMP
 from prunekit.serialization import atomic_path, load_safetensors, save_safetensors, write_json
 from prunekit.training.lr import LRW, LRSchedule, make_lr_schedule, make_retrain_schedule
-from prunekit.training.recipes import GMPCallback, PruneSpec, pruning_norm_change
+from prunekit.training.recipes import GMPCallback, PruneSpec, TrainSpec, pruning_norm_change
 from prunekit.training.trainer import Callback, Trainer, evaluate, make_optimizer
 
 __all__ = [
@@ -517,6 +519,72 @@ def _gmp_stage(ctx: _Context, model: nn.Module, root: Path) -> tuple[MaskSet, li
     return masks, [result]
 
 
+def _train_spec(cfg: ExperimentConfig) -> TrainSpec:
+    t = cfg.train
+    return TrainSpec(
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        lr_schedule=t.lr_schedule,
+        optimizer=t.optimizer,
+        momentum=t.momentum,
+        weight_decay=t.weight_decay,
+        nesterov=t.nesterov,
+        seed=cfg.seed,
+        device=t.device,
+        progress=t.progress,
+    )
+
+
+def _recipe_stage(ctx: _Context, model: nn.Module, root: Path) -> tuple[MaskSet, list[dict]]:
+    """RigL / GraNet / pruning at initialisation: one checkpointed training run."""
+    from prunekit.training import dst_recipes
+
+    cfg, p = ctx.cfg, ctx.cfg.prune
+    pdir = root / "phase_1"
+    done = pdir / "phase.json"
+    if done.is_file():
+        _load_state(model, pdir / "model.safetensors")
+        return _load_masks(pdir / "masks.safetensors", model), [_read_json(done)]
+    common: dict[str, Any] = {
+        "targets": p.targets.build(),
+        "checkpoint_dir": pdir / "ckpt",
+        "checkpoint_every": cfg.train.checkpoint_every,
+    }
+    ctx.log(f"{p.schedule}: training {ctx.original.total} iterations at sparsity {p.sparsity}")
+    if p.schedule == "at_init":
+        result = dst_recipes.run_at_init(
+            model,
+            ctx.data,
+            _train_spec(cfg),
+            p.criterion,
+            p.sparsity,
+            allocation=p.allocation,
+            num_batches=cfg.data.calibration_batches,
+            criterion_batch_size=cfg.data.calibration_batch_size,
+            criterion_options=p.criterion_options or None,
+            **common,
+        )
+    else:
+        fn = getattr(dst_recipes, f"run_{p.schedule}")
+        result = fn(
+            model,
+            ctx.data,
+            _train_spec(cfg),
+            sparsity=p.sparsity,
+            allocation=p.allocation,
+            **common,
+            **p.options,
+        )
+    masks = result.masks if result.masks is not None else MaskSet.from_model(model)
+    phase = dataclasses.asdict(result.phases[-1])
+    masks.save(pdir / "masks.safetensors")
+    _save_state(model, pdir / "model.safetensors")
+    write_json(phase, done)
+    shutil.rmtree(pdir / "ckpt", ignore_errors=True)
+    return masks, [phase]
+
+
 def _fmt(metrics: dict[str, float]) -> str:
     keys = [k for k in ("test_top1", "test_loss", "test_perplexity") if k in metrics]
     return ", ".join(f"{k}={metrics[k]:.4f}" for k in keys)
@@ -595,12 +663,16 @@ def _run_locked(cfg: ExperimentConfig, quiet: bool, store: ResultsStore | None) 
         data = build_data(cfg)
         model = build_model(cfg, data)
         ctx = _Context(cfg, data, log, _original_schedule(cfg, data, _dense_schedule_name(cfg)))
-        if cfg.prune.schedule != "gmp":
+        if cfg.prune.schedule not in TRAINING_SCHEDULES:
             _phases(ctx)  # schedule errors surface before any training
         if cfg.prune.schedule == "gmp":
             dense: dict[str, Any] = {"metrics": {}, "iterations": 0}
             masks, phases = _gmp_stage(ctx, model, root)
             dense_iterations = ctx.original.total
+        elif cfg.prune.schedule in TRAINING_SCHEDULES:
+            dense = {"metrics": {}, "iterations": 0}
+            masks, phases = _recipe_stage(ctx, model, root)
+            dense_iterations = 0
         else:
             dense = _dense_stage(ctx, model)
             dense_iterations = dense["iterations"]
@@ -631,7 +703,9 @@ def _run_locked(cfg: ExperimentConfig, quiet: bool, store: ResultsStore | None) 
             },
             **extra,
             "run_dir": str(root),
-            "dense_dir": None if cfg.prune.schedule == "gmp" else str(dense_dir(cfg)),
+            "dense_dir": (
+                None if cfg.prune.schedule in TRAINING_SCHEDULES else str(dense_dir(cfg))
+            ),
             "wall_s": time.perf_counter() - start,
         }
         write_json(result, final_dir / "metrics.json")
@@ -686,7 +760,7 @@ def dry_run(
     if cfg.dense_checkpoint is not None:
         _load_state(model, Path(cfg.dense_checkpoint))
         where = f"on {cfg.dense_checkpoint}"
-    elif cfg.prune.schedule != "gmp" and trained.is_file():
+    elif cfg.prune.schedule not in TRAINING_SCHEDULES and trained.is_file():
         _load_state(model, trained)
         where = f"on the trained dense model {trained}"
     p = cfg.prune

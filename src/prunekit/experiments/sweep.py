@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
-from prunekit.experiments.config import ExperimentConfig, resolve
+from prunekit.experiments.config import TRAINING_SCHEDULES, ExperimentConfig, resolve
 from prunekit.experiments.store import ResultsStore
 from prunekit.experiments.typed import ConfigError, to_dict
 
@@ -122,7 +122,7 @@ def run_sweep(
     )
     dense: dict[str, ExperimentConfig] = {}
     for arm in todo:
-        if arm.config.prune.schedule != "gmp":
+        if arm.config.prune.schedule not in TRAINING_SCHEDULES:
             dense.setdefault(str(dense_dir(arm.config)), arm.config)
     threads = _threads(cfg, workers)
     failed: dict[str, str] = {}
