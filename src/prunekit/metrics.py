@@ -74,7 +74,9 @@ class _MacCounter(TorchFunctionMode):
             q, k, v = (_arg(args, kwargs, i, n) for i, n in enumerate(("query", "key", "value")))
             lead = _prod(q.shape[:-2])
             lq, d = q.shape[-2], q.shape[-1]
-            self._add("attention", lead * lq * k.shape[-2] * d + lead * lq * k.shape[-2] * v.shape[-1])
+            self._add(
+                "attention", lead * lq * k.shape[-2] * d + lead * lq * k.shape[-2] * v.shape[-1]
+            )
         elif name == "multi_head_attention_forward":
             q, k = args[0], args[1]
             e = int(args[3])

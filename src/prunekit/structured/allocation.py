@@ -83,7 +83,7 @@ def allocate(
     counts = {gi: 0 for gi in scores}
     chosen: dict[int, list[int]] = {gi: [] for gi in scores}
     limits = {gi: groups[gi].size - _min_keep(groups[gi], min_channels) for gi in scores}
-    for val, gi, pos in entries:
+    for _val, gi, pos in entries:
         if removed >= budget - 1e-9:
             break
         if counts[gi] >= limits[gi]:

@@ -36,45 +36,235 @@ class UnsupportedOperationError(RuntimeError):
 
 # ---- operation tables (matched on ``func.__name__``) ------------------------------------------
 _STRUCTURAL = {
-    "view", "reshape", "flatten", "unflatten", "permute", "transpose", "swapaxes", "swapdims",
-    "t", "squeeze", "unsqueeze", "expand", "expand_as", "repeat", "repeat_interleave", "tile",
-    "cat", "concat", "concatenate", "stack", "hstack", "vstack", "split", "chunk",
-    "tensor_split", "unbind", "narrow", "select", "__getitem__", "index_select", "gather",
-    "roll", "flip", "movedim", "moveaxis", "contiguous", "clone", "pixel_shuffle",
-    "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle", "pad", "view_as",
-    "reshape_as", "mT", "diagonal", "take_along_dim", "split_with_sizes", "unfold",
+    "view",
+    "reshape",
+    "flatten",
+    "unflatten",
+    "permute",
+    "transpose",
+    "swapaxes",
+    "swapdims",
+    "t",
+    "squeeze",
+    "unsqueeze",
+    "expand",
+    "expand_as",
+    "repeat",
+    "repeat_interleave",
+    "tile",
+    "cat",
+    "concat",
+    "concatenate",
+    "stack",
+    "hstack",
+    "vstack",
+    "split",
+    "chunk",
+    "tensor_split",
+    "unbind",
+    "narrow",
+    "select",
+    "__getitem__",
+    "index_select",
+    "gather",
+    "roll",
+    "flip",
+    "movedim",
+    "moveaxis",
+    "contiguous",
+    "clone",
+    "pixel_shuffle",
+    "pixel_unshuffle",
+    "channel_shuffle",
+    "native_channel_shuffle",
+    "pad",
+    "view_as",
+    "reshape_as",
+    "mT",
+    "diagonal",
+    "take_along_dim",
+    "split_with_sizes",
+    "unfold",
 }
 _ELEMENTWISE = {
-    "add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__rsub__",
-    "__isub__", "rsub", "mul", "mul_", "__mul__", "__rmul__", "__imul__", "div", "div_",
-    "__truediv__", "__rtruediv__", "__itruediv__", "true_divide", "__neg__", "neg", "pow",
-    "__pow__", "__rpow__", "pow_", "maximum", "minimum", "where", "clamp", "clamp_", "clip",
-    "clamp_min", "clamp_max", "relu", "relu_", "relu6", "gelu", "silu", "silu_", "sigmoid",
-    "sigmoid_", "tanh", "tanh_", "hardswish", "hardswish_", "hardsigmoid", "leaky_relu",
-    "leaky_relu_", "elu", "elu_", "selu", "celu", "softplus", "mish", "exp", "log", "sqrt",
-    "rsqrt", "abs", "sin", "cos", "erf", "dropout", "dropout1d", "dropout2d", "dropout3d",
-    "alpha_dropout", "feature_alpha_dropout", "to", "float", "half", "double", "bfloat16",
-    "type_as", "type", "detach", "masked_fill", "masked_fill_", "softmax", "log_softmax",
-    "addcmul", "lerp", "square", "reciprocal", "sign", "threshold", "hardtanh", "hardtanh_",
-    "_softmax", "logsigmoid", "softsign", "tanhshrink", "prelu", "cpu", "cuda",
-    "requires_grad_", "nan_to_num", "floor", "ceil", "round", "fill_", "zero_", "exp_",
-    "copy_", "sqrt_", "log1p", "expm1", "sinh", "cosh", "atan", "erfc", "square_",
+    "add",
+    "add_",
+    "__add__",
+    "__radd__",
+    "__iadd__",
+    "sub",
+    "sub_",
+    "__sub__",
+    "__rsub__",
+    "__isub__",
+    "rsub",
+    "mul",
+    "mul_",
+    "__mul__",
+    "__rmul__",
+    "__imul__",
+    "div",
+    "div_",
+    "__truediv__",
+    "__rtruediv__",
+    "__itruediv__",
+    "true_divide",
+    "__neg__",
+    "neg",
+    "pow",
+    "__pow__",
+    "__rpow__",
+    "pow_",
+    "maximum",
+    "minimum",
+    "where",
+    "clamp",
+    "clamp_",
+    "clip",
+    "clamp_min",
+    "clamp_max",
+    "relu",
+    "relu_",
+    "relu6",
+    "gelu",
+    "silu",
+    "silu_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "tanh_",
+    "hardswish",
+    "hardswish_",
+    "hardsigmoid",
+    "leaky_relu",
+    "leaky_relu_",
+    "elu",
+    "elu_",
+    "selu",
+    "celu",
+    "softplus",
+    "mish",
+    "exp",
+    "log",
+    "sqrt",
+    "rsqrt",
+    "abs",
+    "sin",
+    "cos",
+    "erf",
+    "dropout",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "alpha_dropout",
+    "feature_alpha_dropout",
+    "to",
+    "float",
+    "half",
+    "double",
+    "bfloat16",
+    "type_as",
+    "type",
+    "detach",
+    "masked_fill",
+    "masked_fill_",
+    "softmax",
+    "log_softmax",
+    "addcmul",
+    "lerp",
+    "square",
+    "reciprocal",
+    "sign",
+    "threshold",
+    "hardtanh",
+    "hardtanh_",
+    "_softmax",
+    "logsigmoid",
+    "softsign",
+    "tanhshrink",
+    "prelu",
+    "cpu",
+    "cuda",
+    "requires_grad_",
+    "nan_to_num",
+    "floor",
+    "ceil",
+    "round",
+    "fill_",
+    "zero_",
+    "exp_",
+    "copy_",
+    "sqrt_",
+    "log1p",
+    "expm1",
+    "sinh",
+    "cosh",
+    "atan",
+    "erfc",
+    "square_",
 }
 _REDUCTION = {
-    "sum", "mean", "amax", "amin", "max", "min", "norm", "var", "std", "logsumexp", "prod",
-    "nansum", "nanmean", "cumsum", "cumprod", "all", "any", "median", "var_mean", "std_mean",
+    "sum",
+    "mean",
+    "amax",
+    "amin",
+    "max",
+    "min",
+    "norm",
+    "var",
+    "std",
+    "logsumexp",
+    "prod",
+    "nansum",
+    "nanmean",
+    "cumsum",
+    "cumprod",
+    "all",
+    "any",
+    "median",
+    "var_mean",
+    "std_mean",
 }
 _SPATIAL = {
-    "avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d",
-    "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices",
-    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
-    "adaptive_max_pool2d", "adaptive_max_pool3d", "adaptive_max_pool1d_with_indices",
-    "adaptive_max_pool2d_with_indices", "lp_pool1d", "lp_pool2d", "interpolate", "upsample",
-    "upsample_nearest", "upsample_bilinear", "local_response_norm", "instance_norm",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+    "max_pool1d_with_indices",
+    "max_pool2d_with_indices",
+    "max_pool3d_with_indices",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool3d",
+    "adaptive_max_pool1d_with_indices",
+    "adaptive_max_pool2d_with_indices",
+    "lp_pool1d",
+    "lp_pool2d",
+    "interpolate",
+    "upsample",
+    "upsample_nearest",
+    "upsample_bilinear",
+    "local_response_norm",
+    "instance_norm",
 }
 _CONSTANT = {
-    "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
-    "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "randint_like",
+    "zeros_like",
+    "ones_like",
+    "empty_like",
+    "full_like",
+    "rand_like",
+    "randn_like",
+    "new_zeros",
+    "new_ones",
+    "new_empty",
+    "new_full",
+    "new_tensor",
+    "randint_like",
 }
 _MATMUL = {"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "baddbmm", "addmm", "addbmm"}
 _CONV = {"conv1d", "conv2d", "conv3d"}
@@ -363,7 +553,9 @@ class _Tracer(TorchFunctionMode):
     def reduction(self, args, kwargs, out) -> None:
         x = args[0] if args else kwargs["input"]
         ids = self.ids_of(x)
-        dim = kwargs.get("dim", args[1] if len(args) > 1 and not isinstance(args[1], bool) else None)
+        dim = kwargs.get(
+            "dim", args[1] if len(args) > 1 and not isinstance(args[1], bool) else None
+        )
         result = _tensors(out)
         if not result or not result[0].is_floating_point() or ids is None:
             return
@@ -372,9 +564,7 @@ class _Tracer(TorchFunctionMode):
             dims = list(range(x.dim()))
         else:
             dims = [d % x.dim() for d in ((dim,) if isinstance(dim, int) else dim)]
-        varying = any(
-            bool((ids != ids.narrow(d, 0, 1)).any()) for d in dims if ids.shape[d] > 1
-        )
+        varying = any(bool((ids != ids.narrow(d, 0, 1)).any()) for d in dims if ids.shape[d] > 1)
         if varying:
             return  # the reduction mixes channels: the result carries no channel identity
         red = ids
@@ -401,7 +591,9 @@ class _Tracer(TorchFunctionMode):
         base = flat[..., 0]
         for t in outs:
             if t.is_floating_point() and t.dim() == x.dim():
-                self.set_ids(t, base.reshape(*base.shape, *([1] * (t.dim() - lead))).expand(t.shape))
+                self.set_ids(
+                    t, base.reshape(*base.shape, *([1] * (t.dim() - lead))).expand(t.shape)
+                )
 
     def _consume(self, x_ids: Tensor | None, axis: int, elems: Tensor) -> None:
         """Bind the channels of an input (along ``axis``) to a layer's input elements."""
@@ -499,7 +691,11 @@ class _Tracer(TorchFunctionMode):
 
     def norm(self, x: Tensor, normalized_shape, w, b, out: Tensor) -> None:
         ids = self.ids_of(x)
-        shape = tuple(normalized_shape) if not isinstance(normalized_shape, int) else (normalized_shape,)
+        shape = (
+            tuple(normalized_shape)
+            if not isinstance(normalized_shape, int)
+            else (normalized_shape,)
+        )
         if len(shape) != 1:
             # Normalising over several axes: keep those channels fixed.
             self.g.freeze(ids)
@@ -593,7 +789,10 @@ class _Tracer(TorchFunctionMode):
             ki = ki.repeat_interleave(rep, dim=-3)
             vi = vi.repeat_interleave(rep, dim=-3)
         lead = torch.broadcast_shapes(q.shape[:-2], ki.shape[:-2])
-        parts = [t.expand(*lead, *t.shape[-2:]).reshape(-1, t.shape[-2] * t.shape[-1]) for t in (qi, ki, vi)]
+        parts = [
+            t.expand(*lead, *t.shape[-2:]).reshape(-1, t.shape[-2] * t.shape[-1])
+            for t in (qi, ki, vi)
+        ]
         both = torch.cat(parts, 1)
         self.g.uf.union_pairs(both, both.max(1, keepdim=True).values)
         cols = vi.expand(*lead, *vi.shape[-2:]).amax(-2, keepdim=True)
@@ -602,7 +801,6 @@ class _Tracer(TorchFunctionMode):
     # ---- nn.MultiheadAttention as a leaf ----
     def multihead(self, name: str, m: nn.MultiheadAttention, inputs: tuple, output: Any) -> None:
         g = self.g
-        q = inputs[0]
         e, h = m.embed_dim, m.num_heads
         hd = e // h
         w = _join(name, "in_proj_weight")

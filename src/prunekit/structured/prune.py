@@ -194,18 +194,15 @@ def prune(
     original: dict[str, int] = {}
     current: dict[str, tuple[int, int, list[str]]] = {}
     touched: set[str] = set()
-    kwargs = dict(
-        mode=mode, min_channels=min_channels, round_to=round_to
-    )
+    kwargs = dict(mode=mode, min_channels=min_channels, round_to=round_to)
 
     def measure(m: nn.Module) -> int:
         return count_macs(m, example_inputs) if target_macs is not None else count_params(m)
 
     for step in range(1, iterative_steps + 1):
-        if criterion in _GRAD_CRITERIA:
-            if loss_fn is not None:
-                model.zero_grad(set_to_none=True)
-                loss_fn(model).backward()
+        if criterion in _GRAD_CRITERIA and loss_fn is not None:
+            model.zero_grad(set_to_none=True)
+            loss_fn(model).backward()
         graph = build_graph(model, example_inputs, ignore)
         groups = find_groups(graph)
         for g in groups:

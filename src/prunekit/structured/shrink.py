@@ -70,8 +70,7 @@ def shrink(model: nn.Module, keep: dict[tuple[str, int], Tensor]) -> list[str]:
         for axis, idx in axes.items():
             new = new.index_select(axis, idx.to(new.device))
         new = new.contiguous()
-        for module, attr, is_param in owners[id(old)]:
-            touched.add(module)
+        touched.update(owner[0] for owner in owners[id(old)])
         if isinstance(old, nn.Parameter):
             replacement: Tensor = nn.Parameter(new, requires_grad=old.requires_grad)
         else:
@@ -146,7 +145,9 @@ def _fix_layer(m: nn.Module) -> None:
 
 
 def _fix_attention(m: nn.Module) -> None:
-    head_dim = next((getattr(m, n) for n in _HEAD_DIM if isinstance(getattr(m, n, None), int)), None)
+    head_dim = next(
+        (getattr(m, n) for n in _HEAD_DIM if isinstance(getattr(m, n, None), int)), None
+    )
     q = _child(m, _Q)
     fused = _child(m, _FUSED) if q is None else None
     if head_dim is None or (q is None and fused is None):
@@ -191,27 +192,41 @@ def _fix_config(model: nn.Module) -> None:
     if config is None:
         return
     embeds = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    norms = [
+        m
+        for m in model.modules()
+        if "norm" in type(m).__name__.lower()
+        and isinstance(getattr(m, "weight", None), Tensor)
+        and m.weight.dim() == 1
+    ]
     heads: set[int] = set()
     kv: set[int] = set()
     inter: set[int] = set()
     for m in model.modules():
-        for n in _N_HEADS:
-            if isinstance(getattr(m, n, None), int) and _child(m, _Q + _FUSED) is not None:
-                heads.add(getattr(m, n))
-        for n in _N_KV:
-            if isinstance(getattr(m, n, None), int):
-                kv.add(getattr(m, n))
+        hd = next((getattr(m, n) for n in _HEAD_DIM if isinstance(getattr(m, n, None), int)), None)
+        q = _child(m, _Q)
+        if hd and q is not None:
+            heads.add(_out_features(q) // hd)
+            k = _child(m, _K)
+            if k is not None:
+                kv.add(_out_features(k) // hd)
+        elif hd and _child(m, _FUSED) is not None:
+            heads.add(_out_features(_child(m, _FUSED)) // 3 // hd)
         first = _child(m, _MLP_IN)
         if first is not None and _child(m, _Q + _FUSED) is None:
             inter.add(_out_features(first))
     updates: dict[str, int] = {}
+    width = None
     if embeds:
         width = int(embeds[0].weight.shape[1])
+    elif norms:
+        width = int(norms[-1].weight.shape[0])
+    if width is not None:
         for n in ("hidden_size", "n_embd", "d_model", "embed_dim", "dim"):
             updates[n] = width
     if len(heads) == 1:
         for n in ("num_attention_heads", "n_head", "n_heads", "num_heads"):
-            updates[n] = heads.pop() if False else next(iter(heads))
+            updates[n] = next(iter(heads))
     if len(kv) == 1:
         updates["num_key_value_heads"] = next(iter(kv))
     if len(inter) == 1:
