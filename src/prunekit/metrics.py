@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -50,10 +51,9 @@ class _MacCounter(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
-        try:
+        # An unusual call signature costs nothing we know how to count.
+        with contextlib.suppress(IndexError, AttributeError, TypeError):
             self._count(name, args, kwargs, out)
-        except (IndexError, AttributeError, TypeError):
-            pass  # an unusual call signature: it costs nothing we know how to count
         return out
 
     def _count(self, name: str, args: tuple, kwargs: dict, out: Any) -> None:

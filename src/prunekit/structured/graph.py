@@ -266,6 +266,7 @@ _CONSTANT = {
     "new_tensor",
     "randint_like",
 }
+_SPLITS = {"split", "chunk", "tensor_split", "split_with_sizes", "unbind"}
 _MATMUL = {"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "baddbmm", "addmm", "addbmm"}
 _CONV = {"conv1d", "conv2d", "conv3d"}
 _CONV_T = {"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
@@ -507,9 +508,30 @@ class _Tracer(TorchFunctionMode):
             )
         else:
             ids_out = func(*sargs, **skw)
+        if name in _SPLITS and isinstance(ids_out, (tuple, list)) and len(ids_out) > 1:
+            self._couple_pieces(name, args, kwargs, list(ids_out))
         for t, ids in zip(_tensors(out), _tensors(ids_out)):
             if t.is_floating_point():
                 self.set_ids(t, ids)
+
+    def _couple_pieces(self, name: str, args: tuple, kwargs: dict, pieces: list[Tensor]) -> None:
+        """Pieces of a split must shrink alike (their sizes come from one number)."""
+        x = args[0]
+        if name == "unbind":
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+        else:
+            dim = kwargs.get("dim", args[2] if len(args) > 2 else 0)
+        dim = dim % x.dim()
+        ids = self.ids_of(x)
+        if ids is None or ids.shape[dim] < 2 or not bool((ids != ids.narrow(dim, 0, 1)).any()):
+            return  # split along positions, not channels
+        if name == "unbind" or len({p.shape[dim] for p in pieces}) == 1:
+            for p in pieces[1:]:
+                self.g.uf.union_pairs(p, pieces[0])
+        else:
+            # Pieces of unequal, literal sizes cannot follow pruning.
+            for p in pieces:
+                self.g.freeze(p)
 
     def elementwise(self, ins: list[Tensor], outs: list[Tensor]) -> None:
         out = outs[0]

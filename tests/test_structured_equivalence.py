@@ -1,0 +1,149 @@
+"""Removing channels gives exactly the output of the model with those channels zeroed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from structured_helpers import check_equivalent
+from torch import nn
+
+from prunekit.models import create_model
+
+
+def _randomize_bn(model: nn.Module) -> nn.Module:
+    """Non-trivial BatchNorm statistics so that zeroing and removal are really compared."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model
+
+
+class Branchy(nn.Module):
+    """Concat, split, chunk, grouped + depthwise convolutions and a channel shuffle."""
+
+    def __init__(self, group_norm: bool = False) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+        self.dw = nn.Conv2d(16, 32, 3, padding=1, groups=16)
+        self.pw = nn.Conv2d(16, 12, 1)
+        self.gn = nn.GroupNorm(4, 12) if group_norm else nn.BatchNorm2d(12)
+        self.fc = nn.Linear(12 * 4 * 4, 5)
+
+    def forward(self, x):
+        y = F.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1)))
+        y = self.grouped(y)
+        n, c, h, w = y.shape  # channel shuffle written by hand
+        y = y.view(n, 4, c // 4, h, w).transpose(1, 2).reshape(n, c, h, w)
+        y = self.dw(y)
+        left, right = torch.chunk(y, 2, dim=1)
+        y = left * torch.sigmoid(right)
+        y = F.relu(self.gn(self.pw(y)))
+        y = F.adaptive_avg_pool2d(y, 4)
+        return self.fc(torch.flatten(y, 1))
+
+
+class SplitMLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(10, 32)
+        self.ln = nn.LayerNorm(16)
+        self.fc2 = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x):
+        a, b = torch.chunk(self.fc1(x), 2, dim=-1)
+        h = F.gelu(a) + b
+        return self.out(self.fc2(h) + h)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,shape",
+    [
+        ("mlp", {"hidden": (32, 16)}, (2, 64)),
+        ("lenet5", {}, (2, 1, 28, 28)),
+        ("cnn1d", {"channels": 8}, (2, 40)),
+        ("resnet20", {"width": 8}, (2, 3, 16, 16)),
+        ("resnet20", {"width": 8, "option": "B"}, (2, 3, 16, 16)),
+        ("vgg11", {"width_mult": 0.125}, (2, 3, 32, 32)),
+        ("wrn16", {"widen": 1}, (2, 3, 16, 16)),
+    ],
+)
+def test_zoo_equivalence(name, kwargs, shape):
+    torch.manual_seed(0)
+    model = _randomize_bn(create_model(name, **kwargs))
+    check_equivalent(model, torch.randn(shape), ratio=0.5)
+
+
+def test_branchy_equivalence():
+    torch.manual_seed(0)
+    model = _randomize_bn(Branchy())
+    small = check_equivalent(model, torch.randn(2, 3, 8, 8), ratio=0.5)
+    # grouped conv keeps 4 balanced groups; depthwise groups follow its channels
+    assert small.grouped.groups == 4 and small.grouped.in_channels % 4 == 0
+    assert small.dw.groups == small.dw.in_channels == small.grouped.out_channels
+    assert small.pw.in_channels * 2 == small.dw.out_channels
+
+
+def test_group_norm_keeps_groups_balanced():
+    """GroupNorm statistics change with fewer channels, so only validity is checked here."""
+    import prunekit.structured as st
+
+    torch.manual_seed(0)
+    model = Branchy(group_norm=True)
+    x = torch.randn(2, 3, 8, 8)
+    small, _ = st.prune(model, x, ratio=0.5)
+    assert small.gn.num_channels % small.gn.num_groups == 0
+    assert small.gn.num_channels < 12
+    assert small(x).shape == (2, 5)
+
+
+def test_split_residual_equivalence():
+    torch.manual_seed(0)
+    check_equivalent(SplitMLP(), torch.randn(3, 10), ratio=0.5)
+
+
+def test_gpt_heads_and_mlp_equivalence():
+    """Whole heads and MLP channels of the zoo GPT (the residual stream stays, LayerNorm is exact)."""
+    torch.manual_seed(0)
+    model = create_model("gpt", n_layer=2, n_embd=32, n_head=4, block_size=16)
+    x = torch.randint(0, 256, (2, 8))
+    ratio = {f"blocks.{i}.{part}": 0.5 for i in range(2) for part in ("attn.k_proj", "mlp.fc_in")}
+    small = check_equivalent(model, x, ratio=ratio)
+    assert small.blocks[0].attn.num_heads == 2
+    assert small.blocks[0].attn.q_proj.out_features == 2 * small.blocks[0].attn.head_dim
+
+
+def test_llama_gqa_equivalence():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=64,
+        max_position_embeddings=32,
+    )
+    model = transformers.LlamaForCausalLM(config)
+    x = {"input_ids": torch.randint(0, 64, (1, 8))}
+    ratio = {
+        f"model.layers.{i}.{part}": 0.5
+        for i in range(2)
+        for part in ("self_attn.k_proj", "mlp.gate_proj")
+    }
+    small = check_equivalent(model, x, ratio=ratio)
+    attn = small.model.layers[0].self_attn
+    # one key/value group of two query heads went: GQA ratio kept
+    assert attn.q_proj.out_features == 2 * attn.head_dim
+    assert attn.k_proj.out_features == attn.v_proj.out_features == attn.head_dim
+    assert attn.num_key_value_groups == 2
+    assert small.model.layers[0].mlp.gate_proj.out_features == 24
