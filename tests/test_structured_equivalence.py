@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from structured_helpers import check_equivalent
 from torch import nn
 
 from prunekit.models import create_model
+from structured_helpers import (
+    check_equivalent,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 
 
 def _randomize_bn(model: nn.Module) -> nn.Module:
