@@ -432,7 +432,7 @@ class _Tracer(TorchFunctionMode):
 
     def on_op(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         outs = [t for t in tree_flatten(out)[0] if isinstance(t, Tensor)]
-        if not any(t.is_floating_point() for t in outs):
+        if not any(t.is_floating_point() or t.is_complex() for t in outs):
             return
         ins = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)]
         if not any(self.ids_of(t) is not None for t in ins if t.is_floating_point()):
