@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from structured_helpers import single_thread  # noqa: F401  (autouse fixture)
 
 import prunekit.structured as st
 from prunekit.models import create_model
+from structured_helpers import single_thread  # noqa: F401  (autouse fixture)
 
 
 def test_torch_export_of_pruned_resnet():

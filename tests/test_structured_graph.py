@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from structured_helpers import single_thread  # noqa: F401  (autouse fixture)
 from torch import nn
 
 import prunekit.structured as st
 from prunekit.models import create_model
+from structured_helpers import single_thread  # noqa: F401  (autouse fixture)
 
 
 def _group_of(groups, tensor_name, axis=0):

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from structured_helpers import single_thread  # noqa: F401  (autouse fixture)
 
 import prunekit.structured as st
 from prunekit.models import create_model
+from structured_helpers import single_thread  # noqa: F401  (autouse fixture)
 
 SRC = str(Path(st.__file__).resolve().parents[2])
 
