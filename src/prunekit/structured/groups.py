@@ -24,11 +24,12 @@ class ChannelGroup:
     """Components (channels or heads) sharing the same coupled parameter axes.
 
     ``members`` lists the ``(tensor name, axis)`` pairs that shrink with this group;
-    ``indices[k][member]`` are the indices of component ``k`` along that member axis.
+    ``index[member]`` is a ``(size, k)`` matrix: row ``i`` holds the ``k`` indices of component
+    ``i`` along that member axis.
     """
 
     members: list[tuple[str, int]]
-    indices: list[dict[tuple[str, int], Tensor]] = field(default_factory=list)
+    index: dict[tuple[str, int], Tensor] = field(default_factory=dict)
     prunable: bool = True
 
     @property
@@ -39,21 +40,21 @@ class ChannelGroup:
     @property
     def size(self) -> int:
         """Number of components (channels, heads) in the group."""
-        return len(self.indices)
+        return int(next(iter(self.index.values())).shape[0]) if self.index else 0
 
     @property
     def unit(self) -> int:
         """Channels per component along the widest member axis (1 for channels, head_dim for heads)."""
-        if not self.indices:
-            return 1
-        return max(int(ix.numel()) for ix in self.indices[0].values())
+        return max((int(ix.shape[1]) for ix in self.index.values()), default=1)
+
+    @property
+    def indices(self) -> list[dict[tuple[str, int], Tensor]]:
+        """Per component: member -> indices (a view of :attr:`index` one component at a time)."""
+        return [{m: ix[i] for m, ix in self.index.items()} for i in range(self.size)]
 
     def member_index(self, member: tuple[str, int]) -> Tensor:
-        """Indices along ``member`` as a ``(size, unit_of_member)`` matrix (one row per component)."""
-        cache = self.__dict__.setdefault("_index_cache", {})
-        if member not in cache:
-            cache[member] = torch.stack([comp[member] for comp in self.indices])
-        return cache[member]
+        """Indices along ``member`` as a ``(size, k)`` matrix (one row per component)."""
+        return self.index[member]
 
     def __repr__(self) -> str:
         state = "" if self.prunable else ", fixed"
@@ -63,28 +64,36 @@ class ChannelGroup:
 def find_groups(graph: DependencyGraph) -> list[ChannelGroup]:
     """Split the graph into channel groups (prunable ones first, largest first)."""
     uf = graph.uf
-    comps: dict[int, dict[tuple[str, int], list[int]]] = defaultdict(lambda: defaultdict(list))
+    keys = list(graph.dims)
+    roots = {k: uf.roots(graph.dims[k].ids) for k in keys}
     producer_roots: set[int] = set()
-    for key, dim in graph.dims.items():
-        roots = uf.roots(dim.ids).tolist()
-        for index, root in enumerate(roots):
-            comps[root][key].append(index)
-        if dim.producer:
-            producer_roots.update(roots)
+    for k in keys:
+        if graph.dims[k].producer:
+            producer_roots.update(roots[k].tolist())
     frozen = graph.frozen_roots()
-    by_sig: dict[tuple, ChannelGroup] = {}
-    for root in sorted(comps, key=lambda r: min(min(v) for v in comps[r].values())):
-        members = comps[root]
-        signature = tuple(sorted(members))
-        prunable = root not in frozen and root in producer_roots
-        key = (signature, prunable, tuple(len(members[m]) for m in signature))
-        group = by_sig.get(key)
-        if group is None:
-            ordered = sorted(signature, key=lambda m: (not graph.dims[m].producer, m))
-            group = by_sig[key] = ChannelGroup(ordered, [], prunable)
-        group.indices.append(
-            {m: torch.tensor(sorted(members[m]), dtype=torch.long) for m in signature}
-        )
-    groups = list(by_sig.values())
+    # Which members (and how many indices of each) every component touches.
+    touch: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for ki, k in enumerate(keys):
+        r, counts = torch.unique(roots[k], return_counts=True)
+        for root, c in zip(r.tolist(), counts.tolist()):
+            touch[root].append((ki, c))
+    by_sig: dict[tuple, list[int]] = defaultdict(list)
+    for root in sorted(touch):
+        sig = tuple(touch[root])
+        by_sig[(sig, root not in frozen and root in producer_roots)].append(root)
+    size = len(uf.parent)
+    groups = []
+    for (sig, prunable), members_roots in by_sig.items():
+        rank = torch.full((size,), -1, dtype=torch.long)
+        rank[torch.tensor(members_roots)] = torch.arange(len(members_roots))
+        index = {}
+        for ki, count in sig:
+            k = keys[ki]
+            r = rank[roots[k]]
+            pos = (r >= 0).nonzero().flatten()
+            order = torch.argsort(r[pos] * (len(r) + 1) + pos)
+            index[k] = pos[order].reshape(len(members_roots), count)
+        ordered = sorted(index, key=lambda m: (not graph.dims[m].producer, m))
+        groups.append(ChannelGroup(ordered, {m: index[m] for m in ordered}, prunable))
     groups.sort(key=lambda g: (not g.prunable, -g.size * g.unit))
     return groups
