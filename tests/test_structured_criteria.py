@@ -126,3 +126,15 @@ def test_count_macs_by_hand():
     q = torch.randn(1, 5, 8)
     macs = count_macs(att, (q, q, q))
     assert macs == 3 * 5 * 64 + 5 * 64 + 2 * 5 * 5 * 8
+
+
+def test_taylor_through_prune_with_loss_fn():
+    torch.manual_seed(0)
+    model = create_model("mlp", hidden=(16, 8))
+    x, y = torch.randn(4, 64), torch.randint(0, 10, (4,))
+
+    def loss_fn(m):
+        return torch.nn.functional.cross_entropy(m(x), y)
+
+    small, plan = st.prune(model, x[:1], ratio=0.5, criterion="taylor", loss_fn=loss_fn)
+    assert small.net[1].out_features == 8 and plan.criterion == "taylor"

@@ -150,3 +150,28 @@ def test_llama_gqa_equivalence():
     assert attn.k_proj.out_features == attn.v_proj.out_features == attn.head_dim
     assert attn.num_key_value_groups == 2
     assert small.model.layers[0].mlp.gate_proj.out_features == 24
+
+
+class Hourglass(nn.Module):
+    """Conv, transposed conv (up-sampling), a 1-D branch via Conv1d and an embedding gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(3, 12, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(12)
+        self.up = nn.ConvTranspose2d(12, 10, 2, stride=2)
+        self.up_grouped = nn.ConvTranspose2d(10, 8, 2, stride=2, groups=2)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.down(x)))
+        y = torch.relu(self.up(y))
+        return self.head(self.up_grouped(y))
+
+
+def test_conv_transpose_equivalence():
+    torch.manual_seed(0)
+    small = check_equivalent(_randomize_bn(Hourglass()), torch.randn(2, 3, 8, 8), ratio=0.5)
+    # the grouped transposed conv couples channel i of both groups: 5 pairs -> 3 pairs
+    assert small.up.in_channels == 6 and small.up.out_channels == 6
+    assert small.up_grouped.groups == 2 and small.up_grouped.out_channels == 4
