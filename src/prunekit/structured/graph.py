@@ -431,21 +431,29 @@ class _Tracer(TorchFunctionMode):
         return out
 
     def on_op(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        name = _fullname(func)
+        if name == "__setitem__":
+            return self.setitem(args)
         outs = [t for t in tree_flatten(out)[0] if isinstance(t, Tensor)]
         if not any(t.is_floating_point() or t.is_complex() for t in outs):
             return
         ins = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)]
         if not any(self.ids_of(t) is not None for t in ins if t.is_floating_point()):
             return
-        name = _fullname(func)
+        if name in ("max", "min") and len(args) > 1 and isinstance(args[1], Tensor):
+            return self.elementwise(ins, outs)  # torch.max(a, b) is elementwise
         if name in _CONSTANT:
+            if name.endswith("_like") and outs and tuple(outs[0].shape) == tuple(ins[0].shape):
+                ids = self.ids_of(ins[0])  # its shape follows the template tensor
+                if ids is not None:
+                    self.set_ids(outs[0], ids)
             return
         if name in _STRUCTURAL:
             return self.structural(func, name, args, kwargs, out)
         if name in _ELEMENTWISE:
             return self.elementwise(ins, outs)
         if name in _REDUCTION:
-            return self.reduction(args, kwargs, out)
+            return self.reduction(name, args, kwargs, out)
         if name in _SPATIAL:
             return self.spatial(args[0] if args else kwargs["input"], outs)
         if name == "linear":
@@ -572,12 +580,27 @@ class _Tracer(TorchFunctionMode):
             if t.shape == shape and t.is_floating_point():
                 self.set_ids(t, acc)
 
-    def reduction(self, args, kwargs, out) -> None:
+    def setitem(self, args: tuple) -> None:
+        """``x[idx] = value``: the written positions take the value's channel identity."""
+        x, idx, value = args[0], args[1], args[2] if len(args) > 2 else None
+        ids = self.ids_of(x)
+        v_ids = self.ids_of(value) if isinstance(value, Tensor) else None
+        if ids is None:
+            if v_ids is not None:
+                self.g.freeze(v_ids)  # written into a constant whose size cannot follow
+            return
+        new = ids.clone()
+        new[idx] = v_ids if v_ids is not None else -1
+        self.set_ids(x, new)
+
+    def reduction(self, name, args, kwargs, out) -> None:
         x = args[0] if args else kwargs["input"]
         ids = self.ids_of(x)
-        dim = kwargs.get(
-            "dim", args[1] if len(args) > 1 and not isinstance(args[1], bool) else None
-        )
+        # norm(p, dim): the second positional argument of a norm is its order, not a dim
+        pos = 2 if name == "norm" else 1
+        dim = kwargs.get("dim", args[pos] if len(args) > pos else None)
+        if isinstance(dim, bool) or (dim is not None and not isinstance(dim, (int, tuple, list))):
+            dim = None
         result = _tensors(out)
         if not result or not result[0].is_floating_point() or ids is None:
             return
