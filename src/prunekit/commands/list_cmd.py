@@ -8,6 +8,7 @@ from prunekit.allocation import ALLOCATIONS
 from prunekit.criteria import CRITERIA
 from prunekit.models import MODELS
 from prunekit.report import format_table
+from prunekit.structured.criteria import STRUCTURED_CRITERIA
 
 
 def registries() -> dict[str, dict[str, str]]:
@@ -26,6 +27,7 @@ def registries() -> dict[str, dict[str, str]]:
 
 
 EXTRA_REGISTRIES: dict = {}
+EXTRA_REGISTRIES["structured criteria"] = STRUCTURED_CRITERIA
 
 
 def run(args: argparse.Namespace) -> int:
