@@ -133,3 +133,34 @@ def test_bad_arguments():
         st.prune(model, x, mode="nope")
     with pytest.raises(TypeError, match="model"):
         st.prune("model", x)
+
+
+class Norms(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 16)
+        self.rms = nn.RMSNorm(16)
+        self.fc2 = nn.Linear(16, 16)
+        self.ln = nn.LayerNorm(16)
+        self.out = nn.Linear(16, 2)
+
+    def forward(self, x):
+        h = self.rms(self.fc1(x))
+        return self.out(self.ln(h + self.fc2(torch.relu(h))))
+
+
+def test_rms_and_layer_norm_shrink_with_their_channels():
+    small, plan = st.prune(Norms(), torch.randn(3, 6), ratio=0.5)
+    assert small.rms.normalized_shape == (8,) and small.rms.weight.shape == (8,)
+    assert small.ln.normalized_shape == (8,) and small.fc2.in_features == 8
+    assert small(torch.randn(3, 6)).shape == (3, 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_prune_on_gpu():
+    model = create_model("resnet20", width=8).cuda()
+    x = torch.randn(1, 3, 16, 16, device="cuda")
+    small, plan = st.prune(model, x, ratio=0.5)
+    assert small.conv1.weight.is_cuda and small(x).shape == (1, 10)
+    assert plan.macs_ratio > 1.5

@@ -490,9 +490,11 @@ class _Tracer(TorchFunctionMode):
 
     # ---- rules ----
     def _sub(self, x: Any) -> Any:
-        if isinstance(x, Tensor) and x.is_floating_point():
+        if isinstance(x, Tensor) and (x.is_floating_point() or x.is_complex()):
             ids = self.ids_of(x)
             return ids.contiguous() if ids is not None else torch.full(x.shape, -1)
+        if isinstance(x, Tensor) and x.device.type != "cpu":
+            return x.cpu()  # index tensors meet the (CPU) id tensors
         return x
 
     def structural(self, func, name, args, kwargs, out) -> None:
@@ -590,7 +592,7 @@ class _Tracer(TorchFunctionMode):
                 self.g.freeze(v_ids)  # written into a constant whose size cannot follow
             return
         new = ids.clone()
-        new[idx] = v_ids if v_ids is not None else -1
+        new[tree_map(self._sub, idx)] = v_ids if v_ids is not None else -1
         self.set_ids(x, new)
 
     def reduction(self, name, args, kwargs, out) -> None:
