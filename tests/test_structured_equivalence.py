@@ -175,3 +175,63 @@ def test_conv_transpose_equivalence():
     # the grouped transposed conv couples channel i of both groups: 5 pairs -> 3 pairs
     assert small.up.in_channels == 6 and small.up.out_channels == 6
     assert small.up_grouped.groups == 2 and small.up_grouped.out_channels == 4
+
+
+def _cbr(cin, cout, k=1, groups=1, relu=True):
+    layers = [
+        nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
+    return nn.Sequential(*layers, nn.ReLU()) if relu else nn.Sequential(*layers)
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2 unit: channel split, a depthwise-separable branch, concat, channel shuffle."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        half = c // 2
+        self.branch = nn.Sequential(
+            _cbr(half, half), _cbr(half, half, 3, groups=half, relu=False), _cbr(half, half)
+        )
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=1)
+        return F.channel_shuffle(torch.cat([a, self.branch(b)], 1), 2)
+
+
+class MiniShuffleNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = _cbr(3, 16, 3)
+        self.units = nn.Sequential(ShuffleUnit(16), ShuffleUnit(16))
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(self.units(self.stem(x)).mean((2, 3)))
+
+
+class MiniDenseNet(nn.Module):
+    """DenseNet-style growth by concatenation, then a U-Net-like up-sampling skip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = _cbr(3, 8, 3)
+        self.grow1 = _cbr(8, 6, 3)
+        self.grow2 = _cbr(14, 6, 3)
+        self.down = nn.Conv2d(20, 12, 2, stride=2)
+        self.up = nn.ConvTranspose2d(12, 10, 2, stride=2)
+        self.head = nn.Conv2d(30, 3, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.cat([x, self.grow1(x)], 1)
+        x = torch.cat([x, self.grow2(x)], 1)
+        return self.head(torch.cat([x, self.up(torch.relu(self.down(x)))], 1))
+
+
+@pytest.mark.parametrize("cls", [MiniShuffleNet, MiniDenseNet])
+def test_shufflenet_and_densenet_equivalence(cls):
+    torch.manual_seed(0)
+    small = check_equivalent(_randomize_bn(cls()), torch.randn(2, 3, 8, 8), ratio=0.5)
+    assert small(torch.randn(1, 3, 8, 8)).shape[1] in (3, 4)

@@ -513,16 +513,40 @@ class _Tracer(TorchFunctionMode):
         elif name in ("channel_shuffle", "native_channel_shuffle"):
             x, groups = sargs[0], sargs[1] if len(sargs) > 1 else skw["groups"]
             b, c = x.shape[:2]
-            ids_out = (
-                x.reshape(b, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
-            )
+            split = x.reshape(b, groups, c // groups, *x.shape[2:])
+            # `groups` is fixed: local index i of every group goes together
+            self.g.uf.union_pairs(split, split[:, :1])
+            ids_out = split.transpose(1, 2).reshape(x.shape)
         else:
             ids_out = func(*sargs, **skw)
+        if name in ("view", "reshape") and isinstance(ids_out, Tensor):
+            self._couple_inferred_split(args, ids_out)
         if name in _SPLITS and isinstance(ids_out, (tuple, list)) and len(ids_out) > 1:
             self._couple_pieces(name, args, kwargs, list(ids_out))
         for t, ids in zip(_tensors(out), _tensors(ids_out)):
             if t.is_floating_point():
                 self.set_ids(t, ids)
+
+    def _couple_inferred_split(self, args: tuple, ids_out: Tensor) -> None:
+        """``view(..., -1, k)`` splitting a channel axis: the ``-1`` axis is the one that shrinks.
+
+        The other axes of the split keep their (literal or attribute) sizes, so all elements that
+        share an index along the inferred axis are removed together (whole heads for
+        ``view(b, t, -1, head_dim)``, the same local index of each group for a hand-written
+        channel shuffle ``view(n, g, -1, h, w)``).
+        """
+        x = args[0]
+        sizes = list(args[1:])
+        if len(sizes) == 1 and isinstance(sizes[0], (tuple, list, torch.Size)):
+            sizes = list(sizes[0])
+        if -1 not in sizes or not isinstance(x, Tensor):
+            return
+        p = sizes.index(-1)
+        for in_dims, out_dims in _view_groups(tuple(x.shape), tuple(ids_out.shape)):
+            if len(in_dims) == 1 and len(out_dims) > 1 and p in out_dims:
+                moved = ids_out.movedim(p, 0).reshape(ids_out.shape[p], -1)
+                if bool((moved != moved[:, :1]).any()):
+                    self.g.uf.union_pairs(moved, moved[:, :1])
 
     def _couple_pieces(self, name: str, args: tuple, kwargs: dict, pieces: list[Tensor]) -> None:
         """Pieces of a split must shrink alike (their sizes come from one number)."""
@@ -881,6 +905,34 @@ class _Tracer(TorchFunctionMode):
 
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _CONVT_ARGS = ("input", "weight", "bias", "stride", "padding", "output_padding", "groups")
+
+
+def _view_groups(
+    in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+) -> list[tuple[list[int], list[int]]]:
+    """Pair up the input and output axes of a view whose sizes multiply to the same product."""
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(in_shape) and j < len(out_shape):
+        a, b = [i], [j]
+        pa, pb = in_shape[i], out_shape[j]
+        while pa != pb:
+            if pa < pb:
+                i += 1
+                if i >= len(in_shape):
+                    return groups
+                a.append(i)
+                pa *= in_shape[i]
+            else:
+                j += 1
+                if j >= len(out_shape):
+                    return groups
+                b.append(j)
+                pb *= out_shape[j]
+        groups.append((a, b))
+        i += 1
+        j += 1
+    return groups
 
 
 def _join(prefix: str, name: str) -> str:
