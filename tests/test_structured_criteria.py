@@ -138,3 +138,11 @@ def test_taylor_through_prune_with_loss_fn():
 
     small, plan = st.prune(model, x[:1], ratio=0.5, criterion="taylor", loss_fn=loss_fn)
     assert small.net[1].out_features == 8 and plan.criterion == "taylor"
+
+
+def test_iterative_steps_reach_the_ratio():
+    torch.manual_seed(0)
+    model = create_model("mlp", hidden=(64, 32))
+    small, plan = st.prune(model, torch.randn(1, 64), ratio=0.5, iterative_steps=3)
+    assert small.net[1].out_features == 32 and small.net[3].out_features == 16
+    assert [(c.before, c.after) for c in plan.changes] == [(64, 32), (32, 16)]

@@ -216,7 +216,10 @@ def prune(
             goal = base * (1 - (1 - target) * step / iterative_steps)
             pruned = _bisect(model, groups, scores, sizes, goal, measure, kwargs)
         else:
-            pruned = allocate(groups, scores, _step_ratio(ratio, step, iterative_steps), **kwargs)
+            step_ratio = _step_ratio(ratio, step, iterative_steps)
+            if mode == "uniform" and iterative_steps > 1:
+                step_ratio = _exact_step(groups, original, ratio, step, iterative_steps)
+            pruned = allocate(groups, scores, step_ratio, **kwargs)
         for gi, g in enumerate(groups):
             if g.prunable:
                 removed = len(pruned[gi]) if gi in pruned else 0
@@ -253,6 +256,25 @@ def _step_ratio(ratio: float | dict[str, float], step: int, steps: int) -> float
     if isinstance(ratio, dict):
         return {k: one(v) for k, v in ratio.items()}
     return one(ratio)
+
+
+def _exact_step(
+    groups: list[ChannelGroup],
+    original: dict[str, int],
+    ratio: float | dict[str, float],
+    step: int,
+    steps: int,
+) -> dict[str, float]:
+    """Per-group ratios that leave exactly the step's share of each group's original size."""
+    out: dict[str, float] = {}
+    for g in groups:
+        if not g.prunable:
+            continue
+        r = ratio.get(g.name, 0.0) if isinstance(ratio, dict) else ratio
+        size0 = original.get(g.name, g.size)
+        keep = size0 - int(size0 * r * step / steps + 1e-9)
+        out[g.name] = max(0.0, min(0.999, 1 - keep / g.size + 1e-12))
+    return out
 
 
 def _bisect(model, groups, scores, sizes, goal, measure, kwargs) -> dict[int, Tensor]:
