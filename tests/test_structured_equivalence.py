@@ -235,3 +235,26 @@ def test_shufflenet_and_densenet_equivalence(cls):
     torch.manual_seed(0)
     small = check_equivalent(_randomize_bn(cls()), torch.randn(2, 3, 8, 8), ratio=0.5)
     assert small(torch.randn(1, 3, 8, 8)).shape[1] in (3, 4)
+
+
+class MHANet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Linear(6, 32)
+        self.mha = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.fc = nn.Linear(32, 48)
+        self.fc2 = nn.Linear(48, 32)
+        self.out = nn.Linear(32, 3)
+
+    def forward(self, x):
+        h = self.emb(x)
+        h = h + self.mha(h, h, h, need_weights=False)[0]
+        h = h + self.fc2(torch.relu(self.fc(h)))
+        return self.out(h.mean(1))
+
+
+def test_multihead_attention_equivalence():
+    torch.manual_seed(0)
+    small = check_equivalent(MHANet(), torch.randn(2, 5, 6), ratio=0.5)
+    assert small.mha.embed_dim == 16 and small.mha.head_dim == 4 and small.mha.num_heads == 4
+    assert small.mha.out_proj.in_features == small.mha.out_proj.out_features == 16

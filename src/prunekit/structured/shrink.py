@@ -135,8 +135,16 @@ def _fix_layer(m: nn.Module) -> None:
         m.embedding_dim = int(m.weight.shape[1])
     elif isinstance(m, nn.MultiheadAttention):
         e = int(m.in_proj_weight.shape[1])
+        old_head_dim = m.head_dim
         m.embed_dim = m.kdim = m.vdim = e
         m.head_dim = e // m.num_heads
+        if m.head_dim != old_head_dim:
+            # Attention divides by sqrt(head_dim): rescale the queries so the scores do not change.
+            factor = (m.head_dim / old_head_dim) ** 0.5
+            with torch.no_grad():
+                m.in_proj_weight[:e].mul_(factor)
+                if m.in_proj_bias is not None:
+                    m.in_proj_bias[:e].mul_(factor)
         _fix_layer(m.out_proj)
     elif hasattr(m, "nf") and getattr(m, "weight", None) is not None and m.weight.dim() == 2:
         m.nf = int(m.weight.shape[1])
