@@ -28,15 +28,15 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from prunekit.structured.ops import (
-    _CONSTANT,
-    _CONV,
-    _CONV_T,
-    _ELEMENTWISE,
-    _MATMUL,
-    _REDUCTION,
-    _SPATIAL,
-    _SPLITS,
-    _STRUCTURAL,
+    CONSTANT,
+    CONV,
+    CONV_T,
+    ELEMENTWISE,
+    MATMUL,
+    REDUCTION,
+    SPATIAL,
+    SPLITS,
+    STRUCTURAL,
 )
 
 __all__ = ["DependencyGraph", "UnsupportedOperationError", "build_graph"]
@@ -218,25 +218,25 @@ class _Tracer(TorchFunctionMode):
             return
         if name in ("max", "min") and len(args) > 1 and isinstance(args[1], Tensor):
             return self.elementwise(ins, outs)  # torch.max(a, b) is elementwise
-        if name in _CONSTANT:
+        if name in CONSTANT:
             if name.endswith("_like") and outs and tuple(outs[0].shape) == tuple(ins[0].shape):
                 ids = self.ids_of(ins[0])  # its shape follows the template tensor
                 if ids is not None:
                     self.set_ids(outs[0], ids)
             return
-        if name in _STRUCTURAL:
+        if name in STRUCTURAL:
             return self.structural(func, name, args, kwargs, out)
-        if name in _ELEMENTWISE:
+        if name in ELEMENTWISE:
             return self.elementwise(ins, outs)
-        if name in _REDUCTION:
+        if name in REDUCTION:
             return self.reduction(name, args, kwargs, out)
-        if name in _SPATIAL:
+        if name in SPATIAL:
             return self.spatial(args[0] if args else kwargs["input"], outs)
         if name == "linear":
             return self.linear(*_bind(args, kwargs, ("input", "weight", "bias")), out)
-        if name in _CONV:
+        if name in CONV:
             return self.conv(*_bind(args, kwargs, _CONV_ARGS), out, transposed=False)
-        if name in _CONV_T:
+        if name in CONV_T:
             return self.conv(*_bind(args, kwargs, _CONVT_ARGS), out, transposed=True)
         if name == "embedding":
             return self.embedding(*_bind(args, kwargs, ("input", "weight")), out)
@@ -249,7 +249,7 @@ class _Tracer(TorchFunctionMode):
         if name == "group_norm":
             a = _bind(args, kwargs, ("input", "num_groups", "weight", "bias"))
             return self.group_norm(*a, out)
-        if name in _MATMUL:
+        if name in MATMUL:
             return self.matmul(name, args, kwargs, out)
         if name == "scaled_dot_product_attention":
             return self.sdpa(args, kwargs, out)
@@ -297,7 +297,7 @@ class _Tracer(TorchFunctionMode):
             ids_out = func(*sargs, **skw)
         if name in ("view", "reshape") and isinstance(ids_out, Tensor):
             self._couple_inferred_split(args, ids_out)
-        if name in _SPLITS and isinstance(ids_out, (tuple, list)) and len(ids_out) > 1:
+        if name in SPLITS and isinstance(ids_out, (tuple, list)) and len(ids_out) > 1:
             self._couple_pieces(name, args, kwargs, list(ids_out))
         for t, ids in zip(_tensors(out), _tensors(ids_out)):
             if t.is_floating_point():

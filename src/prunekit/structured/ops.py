@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-_STRUCTURAL = {
+STRUCTURAL = {
     "view",
     "reshape",
     "flatten",
@@ -60,7 +60,7 @@ _STRUCTURAL = {
     "split_with_sizes",
     "unfold",
 }
-_ELEMENTWISE = {
+ELEMENTWISE = {
     "add",
     "add_",
     "__add__",
@@ -177,7 +177,7 @@ _ELEMENTWISE = {
     "erfc",
     "square_",
 }
-_REDUCTION = {
+REDUCTION = {
     "sum",
     "mean",
     "amax",
@@ -199,7 +199,7 @@ _REDUCTION = {
     "var_mean",
     "std_mean",
 }
-_SPATIAL = {
+SPATIAL = {
     "avg_pool1d",
     "avg_pool2d",
     "avg_pool3d",
@@ -226,7 +226,7 @@ _SPATIAL = {
     "local_response_norm",
     "instance_norm",
 }
-_CONSTANT = {
+CONSTANT = {
     "zeros_like",
     "ones_like",
     "empty_like",
@@ -240,7 +240,7 @@ _CONSTANT = {
     "new_tensor",
     "randint_like",
 }
-_SPLITS = {"split", "chunk", "tensor_split", "split_with_sizes", "unbind"}
-_MATMUL = {"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "baddbmm", "addmm", "addbmm"}
-_CONV = {"conv1d", "conv2d", "conv3d"}
-_CONV_T = {"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
+SPLITS = {"split", "chunk", "tensor_split", "split_with_sizes", "unbind"}
+MATMUL = {"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "baddbmm", "addmm", "addbmm"}
+CONV = {"conv1d", "conv2d", "conv3d"}
+CONV_T = {"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
