@@ -183,6 +183,10 @@ class _Tracer(TorchFunctionMode):
             return ids
         return None
 
+    def _known(self, t: Tensor) -> bool:
+        """Whether ``t`` carries channels (traced, or a model parameter), creating nothing."""
+        return id(t) in self.ann or (isinstance(t, nn.Parameter) and id(t) in self.param_names)
+
     def set_ids(self, t: Tensor, ids: Tensor) -> None:
         if tuple(ids.shape) != tuple(t.shape):
             ids = ids.expand(t.shape) if ids.dim() == t.dim() else ids.reshape(t.shape)
@@ -214,7 +218,8 @@ class _Tracer(TorchFunctionMode):
         if not any(t.is_floating_point() or t.is_complex() for t in outs):
             return
         ins = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)]
-        if not any(self.ids_of(t) is not None for t in ins if t.is_floating_point()):
+        # Checking must not create per-element ids for weights: rules bind them per axis.
+        if not any(self._known(t) for t in ins if t.is_floating_point()):
             return
         if name in ("max", "min") and len(args) > 1 and isinstance(args[1], Tensor):
             return self.elementwise(ins, outs)  # torch.max(a, b) is elementwise
@@ -583,22 +588,20 @@ class _Tracer(TorchFunctionMode):
         else:
             a, b = args[0], args[1] if len(args) > 1 else kwargs.get("other", kwargs.get("mat2"))
             bias = None
-        a_ids, b_ids = self.ids_of(a), self.ids_of(b)
         a_is_p = isinstance(a, nn.Parameter)
         b_is_p = isinstance(b, nn.Parameter)
         if b_is_p and b.dim() == 2 and not a_is_p:
             # x @ W with W (in, out) a parameter: a linear layer written by hand (e.g. HF Conv1D).
             bn = self._name(b)
-            self.g.full_params.pop(bn, None)
             in_el = self.g.param_dim(bn, 0, b.shape[0])
             out_el = self.g.param_dim(bn, 1, b.shape[1], producer=True)
-            self._consume(a_ids, a.dim() - 1, in_el)
+            self._consume(self.ids_of(a), a.dim() - 1, in_el)
             if bias is not None and self._name(bias) is not None:
-                self.g.full_params.pop(self._name(bias), None)
                 bel = self.g.param_dim(self._name(bias), bias.dim() - 1, bias.shape[-1])
                 self.g.uf.union_pairs(bel, out_el)
             self.set_ids(out, out_el.expand(out.shape))
             return
+        a_ids, b_ids = self.ids_of(a), self.ids_of(b)
         if a_ids is not None and b_ids is not None and a.dim() >= 2 and b.dim() >= 2:
             # Both operands carry channels (attention scores / context): everything inside one
             # leading slice (batch, head) is coupled; the result keeps b's column identity.

@@ -81,17 +81,22 @@ def find_groups(graph: DependencyGraph) -> list[ChannelGroup]:
     for root in sorted(touch):
         sig = tuple(touch[root])
         by_sig[(sig, root not in frozen and root in producer_roots)].append(root)
+    # One rank/group lookup over all roots (groups are disjoint), so the work stays linear.
     size = len(uf.parent)
+    rank = torch.full((size,), -1, dtype=torch.long)
+    owner = torch.full((size,), -1, dtype=torch.long)
+    entries = list(by_sig.items())
+    for gi, (_, members_roots) in enumerate(entries):
+        r = torch.tensor(members_roots)
+        rank[r] = torch.arange(len(members_roots))
+        owner[r] = gi
     groups = []
-    for (sig, prunable), members_roots in by_sig.items():
-        rank = torch.full((size,), -1, dtype=torch.long)
-        rank[torch.tensor(members_roots)] = torch.arange(len(members_roots))
+    for gi, ((sig, prunable), members_roots) in enumerate(entries):
         index = {}
         for ki, count in sig:
             k = keys[ki]
-            r = rank[roots[k]]
-            pos = (r >= 0).nonzero().flatten()
-            order = torch.argsort(r[pos] * (len(r) + 1) + pos)
+            pos = (owner[roots[k]] == gi).nonzero().flatten()
+            order = torch.argsort(rank[roots[k]][pos] * (len(roots[k]) + 1) + pos)
             index[k] = pos[order].reshape(len(members_roots), count)
         ordered = sorted(index, key=lambda m: (not graph.dims[m].producer, m))
         groups.append(ChannelGroup(ordered, {m: index[m] for m in ordered}, prunable))
