@@ -6,9 +6,13 @@ import argparse
 
 from prunekit.allocation import ALLOCATIONS
 from prunekit.criteria import CRITERIA
+from prunekit.data import DATASETS
+from prunekit.frank_wolfe.constraints import CONSTRAINTS
 from prunekit.models import MODELS
 from prunekit.report import format_table
+from prunekit.schedules import SCHEDULES
 from prunekit.structured.criteria import STRUCTURED_CRITERIA
+from prunekit.training.lr import RETRAIN_SCHEDULES
 
 
 def registries() -> dict[str, dict[str, str]]:
@@ -26,8 +30,13 @@ def registries() -> dict[str, dict[str, str]]:
     return sections
 
 
-EXTRA_REGISTRIES: dict = {}
-EXTRA_REGISTRIES["structured criteria"] = STRUCTURED_CRITERIA
+EXTRA_REGISTRIES: dict = {
+    "schedules": SCHEDULES,
+    "retraining": RETRAIN_SCHEDULES,
+    "datasets": DATASETS,
+    "constraints": CONSTRAINTS,
+    "structured criteria": STRUCTURED_CRITERIA,
+}
 
 
 def run(args: argparse.Namespace) -> int:
