@@ -100,3 +100,21 @@ def test_depth_on_resnet_and_hf_llama():
     assert llama.config.num_hidden_layers == 2
     assert [layer.self_attn.layer_idx for layer in llama.model.layers] == [0, 1]
     assert llama(**ids).logits.shape == (1, 6, 32)
+
+
+def test_slimming_as_trainer_callback():
+    from prunekit.training import Trainer
+
+    torch.manual_seed(0)
+    model = create_model("vgg11", width_mult=0.125)
+    data = (torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,)))
+    reg = st.NetworkSlimming(model, lam=0.5)
+    before = sum(p.abs().sum() for p in reg.scales.values()).item()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    Trainer(
+        model, data, optimizer=opt, iterations=4, batch_size=8, device="cpu", callbacks=[reg]
+    ).fit()
+    after = sum(p.abs().sum() for p in reg.scales.values()).item()
+    assert after < before
+    small, plan = st.prune(model, data[0][:1], ratio=0.5, criterion="bn_scale")
+    assert plan.macs_ratio > 2

@@ -6,7 +6,8 @@
   selected for removal, so the channels that stay are not shrunk.
 
 Both work in any training loop, either as a loss term (``loss = loss + reg.penalty()``) or as a
-sub-gradient added after ``backward()`` (``reg.after_backward()``), the form of the original code.
+sub-gradient added after ``backward()`` (``reg.after_backward()``), the form of the original code,
+and both are :class:`prunekit.training.Callback` objects: pass them in ``Trainer(callbacks=[...])``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.structured.groups import ChannelGroup
+from prunekit.training.trainer import Callback
 
 __all__ = ["MaskSparsity", "NetworkSlimming", "bn_scales"]
 
@@ -32,7 +34,7 @@ def bn_scales(model: nn.Module) -> dict[str, nn.Parameter]:
     }
 
 
-class NetworkSlimming:
+class NetworkSlimming(Callback):
     """L1 on BatchNorm gamma with strength ``lam`` (1e-4 for VGG, 1e-5 for ResNets in the paper)."""
 
     def __init__(self, model: nn.Module, lam: float = 1e-4) -> None:
@@ -49,15 +51,27 @@ class NetworkSlimming:
         return self.lam * total
 
     @torch.no_grad()
-    def after_backward(self) -> None:
-        """Add the L1 sub-gradient ``lam * sign(gamma)`` to the gradients (call after backward)."""
+    def after_backward(self, scale: float = 1.0) -> None:
+        """Add the L1 sub-gradient ``lam * sign(gamma)`` to the gradients (call after backward).
+
+        ``scale`` multiplies it when the gradients are scaled (mixed-precision loss scaling).
+        """
         for p in self.scales.values():
             if p.grad is not None:
-                p.grad.add_(self.lam * torch.sign(p))
+                p.grad.add_(self._mask(p) * torch.sign(p), alpha=self.lam * scale)
 
-    # Callback-style aliases so the regulariser plugs into step hooks of a training engine.
+    def _mask(self, p: Tensor) -> Tensor | float:
+        return 1.0
+
     def on_after_backward(self, *args: Any, **kwargs: Any) -> None:
+        """Alias of :meth:`after_backward` for loops with Lightning-style hook names."""
         self.after_backward()
+
+    def on_before_step(self, trainer: Any, loss: Tensor) -> None:
+        """Trainer hook (after ``backward()``, before the optimizer step)."""
+        scaler = getattr(trainer, "scaler", None)
+        self.after_backward(float(scaler.get_scale()) if scaler is not None else 1.0)
+        return None
 
 
 class MaskSparsity(NetworkSlimming):
@@ -82,6 +96,7 @@ class MaskSparsity(NetworkSlimming):
                 )
             self.selected[name] = mask
         self.scales = {n: self.scales[n] for n in self.selected}
+        self._masks_by_id = {id(self.scales[n]): m for n, m in self.selected.items()}
 
     @classmethod
     def from_plan(
@@ -108,8 +123,5 @@ class MaskSparsity(NetworkSlimming):
         total = sum((p * self.selected[n].to(p.device)).abs().sum() for n, p in self.scales.items())
         return self.lam * total
 
-    @torch.no_grad()
-    def after_backward(self) -> None:
-        for n, p in self.scales.items():
-            if p.grad is not None:
-                p.grad.add_(self.lam * torch.sign(p) * self.selected[n].to(p.device))
+    def _mask(self, p: Tensor) -> Tensor:
+        return self._masks_by_id[id(p)].to(device=p.device, dtype=p.dtype)
