@@ -11,6 +11,7 @@ from prunekit.frank_wolfe.constraints import CONSTRAINTS
 from prunekit.models import MODELS
 from prunekit.report import format_table
 from prunekit.schedules import SCHEDULES
+from prunekit.structured.criteria import STRUCTURED_CRITERIA
 from prunekit.training.lr import RETRAIN_SCHEDULES
 
 
@@ -34,6 +35,7 @@ EXTRA_REGISTRIES: dict = {
     "retraining": RETRAIN_SCHEDULES,
     "datasets": DATASETS,
     "constraints": CONSTRAINTS,
+    "structured criteria": STRUCTURED_CRITERIA,
 }
 
 

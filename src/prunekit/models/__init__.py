@@ -30,7 +30,7 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
-from prunekit.models import gpt, mlp, resnet, vgg, wrn  # noqa: E402,F401  (register the zoo)
+from prunekit.models import gpt, mlp, resnet, vgg, vit, wrn  # noqa: E402,F401  (register the zoo)
 from prunekit.models.gpt import GPT, GPTConfig  # noqa: E402
 from prunekit.models.mlp import MLP  # noqa: E402
 

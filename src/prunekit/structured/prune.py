@@ -1,0 +1,300 @@
+"""``prune``: trace, score, allocate and physically shrink in one call."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prunekit.metrics import count_macs, count_params
+from prunekit.structured.allocation import allocate
+from prunekit.structured.criteria import group_importance
+from prunekit.structured.graph import DependencyGraph, _call, build_graph
+from prunekit.structured.groups import ChannelGroup, find_groups
+from prunekit.structured.shrink import keep_indices, shrink
+
+__all__ = ["GroupChange", "StructuredPlan", "plan_pruning", "prune"]
+
+_GRAD_CRITERIA = {"taylor"}
+
+
+@dataclass
+class GroupChange:
+    """What happened to one channel group."""
+
+    name: str
+    before: int  # components (channels or heads) before
+    after: int
+    unit: int  # channels per component (head_dim for attention heads)
+    members: list[str]
+
+
+@dataclass
+class StructuredPlan:
+    """The record of a structured pruning run."""
+
+    criterion: str
+    ratio: float | None
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    changes: list[GroupChange] = field(default_factory=list)
+    modules: list[str] = field(default_factory=list)
+
+    @property
+    def macs_ratio(self) -> float:
+        """MACs before / after (the theoretical speedup)."""
+        return self.macs_before / max(1, self.macs_after)
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params_before / max(1, self.params_after)
+
+    def summary(self) -> str:
+        """A plain-text table of the groups that changed and the totals."""
+        lines = [f"{'group':40s} {'before':>8s} {'after':>8s} {'unit':>5s}"]
+        for c in self.changes:
+            if c.after != c.before:
+                lines.append(f"{c.name:40s} {c.before:8d} {c.after:8d} {c.unit:5d}")
+        lines.append(
+            f"MACs {self.macs_before:,} -> {self.macs_after:,} ({self.macs_ratio:.2f}x); "
+            f"params {self.params_before:,} -> {self.params_after:,} ({self.params_ratio:.2f}x)"
+        )
+        return "\n".join(lines)
+
+
+def _sizes(model: nn.Module, graph: DependencyGraph) -> dict[tuple[str, int], int]:
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
+    return {key: int(tensors[key[0]].shape[key[1]]) for key in graph.dims}
+
+
+def _scores(
+    model: nn.Module,
+    groups: list[ChannelGroup],
+    criterion: str,
+    reduction: str,
+    normalizer: str | None,
+    seed: int,
+) -> dict[int, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        gi: group_importance(model, g, criterion, reduction, normalizer, gen)
+        for gi, g in enumerate(groups)
+        if g.prunable
+    }
+
+
+def plan_pruning(
+    model: nn.Module,
+    example_inputs: Any,
+    ratio: float | dict[str, float] = 0.5,
+    criterion: str = "l1",
+    *,
+    mode: str = "uniform",
+    reduction: str = "sum",
+    normalizer: str | None = "mean",
+    min_channels: int | float = 1,
+    round_to: int | None = None,
+    ignore: Iterable[nn.Module | str] = (),
+    seed: int = 0,
+) -> tuple[list[ChannelGroup], dict[int, Tensor], dict[tuple[str, int], Tensor]]:
+    """The lower-level first half of :func:`prune`: groups, pruned positions and kept indices.
+
+    The model is not modified; apply the result with :func:`prunekit.structured.shrink`.
+    """
+    graph = build_graph(model, example_inputs, ignore)
+    groups = find_groups(graph)
+    scores = _scores(model, groups, criterion, reduction, normalizer, seed)
+    pruned = allocate(
+        groups, scores, ratio, mode=mode, min_channels=min_channels, round_to=round_to
+    )
+    return groups, pruned, keep_indices(groups, pruned, _sizes(model, graph))
+
+
+def _verify(model: nn.Module, example_inputs: Any) -> None:
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _call(model, example_inputs)
+    except Exception as err:  # report any failure with the cause attached
+        raise RuntimeError(
+            "the pruned model no longer runs on the example inputs "
+            f"({type(err).__name__}: {err}); a module probably depends on a pruned size through an "
+            "attribute prunekit does not know: pass that module in `ignore`"
+        ) from err
+    finally:
+        model.train(was)
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: Any,
+    ratio: float | dict[str, float] = 0.5,
+    criterion: str = "l1",
+    *,
+    mode: str = "uniform",
+    reduction: str = "sum",
+    normalizer: str | None = "mean",
+    min_channels: int | float = 1,
+    round_to: int | None = None,
+    ignore: Iterable[nn.Module | str] = (),
+    target_macs: float | None = None,
+    target_params: float | None = None,
+    iterative_steps: int = 1,
+    loss_fn: Callable[[nn.Module], Tensor] | None = None,
+    seed: int = 0,
+    inplace: bool = True,
+    verify: bool = True,
+) -> tuple[nn.Module, StructuredPlan]:
+    """Remove channels, filters and attention heads; return the smaller model and its plan.
+
+    Args:
+        model: any ``nn.Module``; it is modified in place unless ``inplace=False``.
+        example_inputs: a tensor, tuple of positional arguments or dict of keyword arguments
+            (batch 1 is enough; it is used to trace the model and to count MACs).
+        ratio: fraction of channels removed from every prunable group (``mode="uniform"``) or
+            of all prunable channels (``mode="global"``); a dict maps group names to ratios.
+        criterion: ``l1``, ``l2``, ``bn_scale``, ``taylor``, ``fpgm`` or ``random``.
+        mode: ``uniform`` (per group) or ``global`` (one ranking of normalised scores).
+        reduction: how member tensors of a group combine: ``sum``, ``mean`` or ``max``.
+        normalizer: per-group normalisation for global ranking (``mean``, ``max``, ``sum``,
+            ``standard`` or ``None``).
+        min_channels: channels every group keeps at least (int, or a fraction if below 1).
+        round_to: kept channel counts become multiples of this (e.g. 8 for fast kernels).
+        ignore: modules (or their names) whose channels must not change.
+        target_macs / target_params: prune until MACs (parameters) are at most this fraction
+            of the original; the per-step ratio is found by bisection and ``ratio`` is ignored.
+        iterative_steps: reach the target in this many trace-score-shrink rounds.
+        loss_fn: ``loss_fn(model) -> loss`` used to compute gradients for ``taylor``.
+        seed: seed of the ``random`` criterion.
+        inplace: prune ``model`` itself (default) or a deep copy.
+        verify: run the pruned model on ``example_inputs`` and raise if it fails.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if not isinstance(iterative_steps, int) or iterative_steps < 1:
+        raise ValueError(f"iterative_steps: expected a positive int, got {iterative_steps!r}")
+    for arg, val in (("target_macs", target_macs), ("target_params", target_params)):
+        if val is not None and not 0.0 < val <= 1.0:
+            raise ValueError(f"{arg}: expected a fraction in (0, 1], got {val!r}")
+    if target_macs is not None and target_params is not None:
+        raise ValueError("target_macs / target_params: give at most one resource target")
+    if not inplace:
+        model = copy.deepcopy(model)
+    ignore = list(ignore)
+    macs0 = count_macs(model, example_inputs)
+    params0 = count_params(model)
+    original: dict[str, int] = {}
+    current: dict[str, tuple[int, int, list[str]]] = {}
+    touched: set[str] = set()
+    kwargs = dict(mode=mode, min_channels=min_channels, round_to=round_to)
+
+    def measure(m: nn.Module) -> int:
+        return count_macs(m, example_inputs) if target_macs is not None else count_params(m)
+
+    for step in range(1, iterative_steps + 1):
+        if criterion in _GRAD_CRITERIA and loss_fn is not None:
+            model.zero_grad(set_to_none=True)
+            loss_fn(model).backward()
+        graph = build_graph(model, example_inputs, ignore)
+        groups = find_groups(graph)
+        for g in groups:
+            if g.prunable:
+                original.setdefault(g.name, g.size)
+        scores = _scores(model, groups, criterion, reduction, normalizer, seed)
+        sizes = _sizes(model, graph)
+        if target_macs is not None or target_params is not None:
+            target = target_macs if target_macs is not None else target_params
+            base = macs0 if target_macs is not None else params0
+            goal = base * (1 - (1 - target) * step / iterative_steps)
+            pruned = _bisect(model, groups, scores, sizes, goal, measure, kwargs)
+        else:
+            step_ratio = _step_ratio(ratio, step, iterative_steps)
+            if mode == "uniform" and iterative_steps > 1:
+                step_ratio = _exact_step(groups, original, ratio, step, iterative_steps)
+            pruned = allocate(groups, scores, step_ratio, **kwargs)
+        for gi, g in enumerate(groups):
+            if g.prunable:
+                removed = len(pruned[gi]) if gi in pruned else 0
+                current[g.name] = (g.size - removed, g.unit, [m[0] for m in g.members])
+        keep = keep_indices(groups, pruned, sizes)
+        touched.update(shrink(model, keep))
+    if verify:
+        _verify(model, example_inputs)
+    changes = [
+        GroupChange(name, before, *current.get(name, (before, 1, [])))
+        for name, before in original.items()
+    ]
+    plan = StructuredPlan(
+        criterion=criterion,
+        ratio=None if isinstance(ratio, dict) or target_macs or target_params else float(ratio),
+        macs_before=macs0,
+        macs_after=count_macs(model, example_inputs),
+        params_before=params0,
+        params_after=count_params(model),
+        changes=changes,
+        modules=sorted(touched),
+    )
+    return model, plan
+
+
+def _step_ratio(ratio: float | dict[str, float], step: int, steps: int) -> float | dict[str, float]:
+    """Fraction of the *current* channels to remove so that ``step/steps`` of ``ratio`` is done."""
+
+    def one(r: float) -> float:
+        done_before = r * (step - 1) / steps
+        done_after = r * step / steps
+        return 1 - (1 - done_after) / (1 - done_before)
+
+    if isinstance(ratio, dict):
+        return {k: one(v) for k, v in ratio.items()}
+    return one(ratio)
+
+
+def _exact_step(
+    groups: list[ChannelGroup],
+    original: dict[str, int],
+    ratio: float | dict[str, float],
+    step: int,
+    steps: int,
+) -> dict[str, float]:
+    """Per-group ratios that leave exactly the step's share of each group's original size."""
+    out: dict[str, float] = {}
+    for g in groups:
+        if not g.prunable:
+            continue
+        r = ratio.get(g.name, 0.0) if isinstance(ratio, dict) else ratio
+        size0 = original.get(g.name, g.size)
+        keep = size0 - int(size0 * r * step / steps + 1e-9)
+        out[g.name] = max(0.0, min(0.999, 1 - keep / g.size + 1e-12))
+    return out
+
+
+def _bisect(model, groups, scores, sizes, goal, measure, kwargs) -> dict[int, Tensor]:
+    """Smallest uniform/global ratio whose shrunk model measures at most ``goal``."""
+
+    def trial(r: float) -> tuple[int, dict[int, Tensor]]:
+        pruned = allocate(groups, scores, r, **kwargs)
+        clone = copy.deepcopy(model)
+        shrink(clone, keep_indices(groups, pruned, sizes))
+        return measure(clone), pruned
+
+    lo, hi = 0.0, 0.99
+    value, best = trial(hi)
+    if value > goal:
+        return best  # the target is out of reach: prune as much as allowed
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        value, pruned = trial(mid)
+        if value <= goal:
+            hi, best = mid, pruned
+        else:
+            lo = mid
+    return best

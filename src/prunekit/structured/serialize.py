@@ -1,0 +1,214 @@
+"""Save a pruned model as safetensors + a JSON architecture spec; rebuild it without pickle.
+
+The spec names how to build the *original* architecture (a prunekit zoo name, an importable
+factory, or a Hugging Face class and config) and records, for every module, the shapes of its
+tensors and its plain attributes (ints, floats, strings, tuples). Loading builds the model fresh,
+re-applies dropped blocks, reshapes tensors, restores attributes, then loads the weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.serialization import load_safetensors, save_safetensors, write_json
+
+__all__ = ["load_pruned", "save_pruned"]
+
+FORMAT = "prunekit.structured/1"
+_SIMPLE = (int, float, bool, str, type(None))
+_SKIP_ATTRS = {"training"}
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, _SIMPLE):
+        return value
+    if isinstance(value, (tuple, list)) and all(isinstance(v, _SIMPLE) for v in value):
+        return {"__tuple__": list(value)} if isinstance(value, tuple) else list(value)
+    if isinstance(value, torch.Size):
+        return {"__tuple__": list(value)}
+    return _NOT_SIMPLE
+
+
+_NOT_SIMPLE = object()
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict) and "__tuple__" in value:
+        return tuple(value["__tuple__"])
+    return value
+
+
+def _module_record(module: nn.Module) -> dict[str, Any]:
+    attrs = {}
+    for key, value in vars(module).items():
+        if key.startswith("_") or key in _SKIP_ATTRS:
+            continue
+        enc = _encode(value)
+        if enc is not _NOT_SIMPLE:
+            attrs[key] = enc
+    return {
+        "class": type(module).__name__,
+        "params": {k: list(p.shape) for k, p in module._parameters.items() if p is not None},
+        "buffers": {k: list(b.shape) for k, b in module._buffers.items() if b is not None},
+        "attrs": attrs,
+    }
+
+
+def _config_record(model: nn.Module) -> dict[str, Any] | None:
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    if dataclasses.is_dataclass(config):
+        return {"kind": "dataclass", "values": dataclasses.asdict(config)}
+    if hasattr(config, "to_dict"):
+        return {"kind": "hf", "values": config.to_dict()}
+    return None
+
+
+def _auto_factory(model: nn.Module) -> dict[str, Any] | None:
+    cls = type(model)
+    config = getattr(model, "config", None)
+    if cls.__module__.startswith("transformers") and hasattr(config, "to_dict"):
+        return {
+            "kind": "hf",
+            "class": f"{cls.__module__}:{cls.__qualname__}",
+            "config_class": f"{type(config).__module__}:{type(config).__qualname__}",
+        }
+    return None
+
+
+def save_pruned(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    factory: str | dict[str, Any] | None = None,
+    **factory_kwargs: Any,
+) -> Path:
+    """Write ``path/model.safetensors`` and ``path/architecture.json``; return the directory.
+
+    ``factory`` says how to build the unpruned architecture in a fresh process:
+    a prunekit zoo name (``"resnet56"``, with ``factory_kwargs`` such as ``option="B"``), an
+    importable ``"package.module:function"`` called with ``factory_kwargs``, or ``None`` for a
+    Hugging Face ``transformers`` model (its class and current config are recorded).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if factory is None:
+        spec = _auto_factory(model)
+        if spec is None:
+            raise ValueError(
+                "factory: give a prunekit zoo name or a 'module:function' path for models that "
+                "are not Hugging Face transformers"
+            )
+    elif isinstance(factory, str):
+        kind = "callable" if ":" in factory else "zoo"
+        spec = {"kind": kind, "name": factory, "kwargs": factory_kwargs}
+    elif isinstance(factory, dict):
+        spec = dict(factory)
+    else:
+        raise TypeError(f"factory: expected a str, dict or None, got {type(factory).__name__}")
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    arch = {
+        "format": FORMAT,
+        "factory": spec,
+        "config": _config_record(model),
+        "depth": getattr(model, "_prunekit_depth", None),
+        "modules": {name: _module_record(m) for name, m in model.named_modules()},
+    }
+    # Tied tensors share storage, which safetensors refuses: store independent copies.
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    save_safetensors(state, out / "model.safetensors", {"format": FORMAT})
+    write_json(arch, out / "architecture.json")
+    return out
+
+
+def _import(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _build(spec: dict[str, Any], config: dict[str, Any] | None) -> nn.Module:
+    kind = spec.get("kind")
+    if kind == "zoo":
+        from prunekit.models import create_model
+
+        return create_model(spec["name"], **spec.get("kwargs", {}))
+    if kind == "callable":
+        return _import(spec["name"])(**spec.get("kwargs", {}))
+    if kind == "hf":
+        if config is None:
+            raise ValueError("architecture.json: a Hugging Face model needs its config")
+        config_cls = _import(spec["config_class"])
+        return _import(spec["class"])(config_cls.from_dict(config["values"]))
+    raise ValueError(f"architecture.json: unknown factory kind {kind!r}")
+
+
+def load_pruned(path: str | os.PathLike[str], map_location: str = "cpu") -> nn.Module:
+    """Rebuild a model written by :func:`save_pruned` (no pickle is involved)."""
+    import json
+
+    root = Path(path)
+    arch_file = root / "architecture.json"
+    if not arch_file.is_file():
+        raise FileNotFoundError(f"path: {str(root)!r} has no architecture.json")
+    arch = json.loads(arch_file.read_text())
+    if arch.get("format") != FORMAT:
+        raise ValueError(f"path: unsupported format {arch.get('format')!r}, expected {FORMAT!r}")
+    model = _build(arch["factory"], arch.get("config"))
+    if arch.get("depth"):
+        from prunekit.structured.depth import drop_blocks
+
+        for container, kept in arch["depth"].items():
+            drop_blocks(model, container, keep=kept)
+    modules = dict(model.named_modules())
+    for name, rec in arch["modules"].items():
+        module = modules.get(name)
+        if module is None:
+            raise ValueError(
+                f"architecture.json: module {name!r} does not exist in the rebuilt model"
+            )
+        for pname, shape in rec["params"].items():
+            p = module._parameters.get(pname)
+            if p is None or list(p.shape) != shape:
+                requires_grad = True if p is None else p.requires_grad
+                module._parameters[pname] = nn.Parameter(
+                    torch.empty(shape, dtype=p.dtype if p is not None else torch.float32),
+                    requires_grad=requires_grad,
+                )
+        for bname, shape in rec["buffers"].items():
+            b = module._buffers.get(bname)
+            if b is None or list(b.shape) != shape:
+                module._buffers[bname] = torch.empty(
+                    shape, dtype=b.dtype if b is not None else torch.float32
+                )
+        for key, value in rec["attrs"].items():
+            setattr(module, key, _decode(value))
+    config = arch.get("config")
+    if config and config["kind"] == "dataclass" and getattr(model, "config", None) is not None:
+        # A Hugging Face model was built from the saved config; a dataclass config is restored.
+        for key, value in config["values"].items():
+            setattr(model.config, key, value)
+    state, _ = load_safetensors(root / "model.safetensors")
+    model.load_state_dict(state, strict=True)
+    model.to(map_location)
+    _retie(model)
+    return model
+
+
+def _retie(model: nn.Module) -> None:
+    """Re-tie input/output embeddings of Hugging Face models (replacement parameters untie them)."""
+    tie = getattr(model, "tie_weights", None)
+    if callable(tie):
+        with contextlib.suppress(AttributeError, TypeError, ValueError):
+            tie()

@@ -1,0 +1,249 @@
+"""Physical removal: slice parameters and buffers, then fix every dependent module attribute."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import fields, is_dataclass
+
+import torch
+from torch import Tensor, nn
+
+from prunekit.structured.groups import ChannelGroup
+
+__all__ = ["keep_indices", "shrink", "update_attributes"]
+
+_HEAD_DIM = ("head_dim", "attention_head_size", "head_size", "d_head", "dim_head")
+_N_HEADS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "heads")
+_N_KV = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_kv_head")
+_INNER = ("all_head_size", "inner_dim")
+_Q = ("q_proj", "query", "q", "wq", "q_lin", "to_q")
+_K = ("k_proj", "key", "k", "wk", "k_lin", "to_k")
+_FUSED = ("c_attn", "qkv", "Wqkv", "query_key_value", "qkv_proj")
+_OUT = ("o_proj", "out_proj", "c_proj", "proj", "wo", "out_lin", "to_out", "dense")
+_MLP_IN = ("gate_proj", "up_proj", "fc1", "fc_in", "c_fc", "w1", "lin1")
+
+
+def keep_indices(
+    groups: list[ChannelGroup], pruned: dict[int, Tensor], sizes: dict[tuple[str, int], int]
+) -> dict[tuple[str, int], Tensor]:
+    """Indices to keep along each affected ``(tensor, axis)``, given pruned component positions."""
+    masks: dict[tuple[str, int], Tensor] = {}
+    for gi, positions in pruned.items():
+        group = groups[gi]
+        for member in group.members:
+            rows = group.member_index(member)[positions].reshape(-1)
+            if member not in masks:
+                masks[member] = torch.ones(sizes[member], dtype=torch.bool)
+            masks[member][rows] = False
+    return {m: mask.nonzero().flatten() for m, mask in masks.items()}
+
+
+def _owners(model: nn.Module) -> dict[int, list[tuple[nn.Module, str, bool]]]:
+    """Every (module, attribute, is_parameter) holding each tensor, shared ones included."""
+    found: dict[int, list[tuple[nn.Module, str, bool]]] = defaultdict(list)
+    for module in model.modules():
+        for attr, p in module._parameters.items():
+            if p is not None:
+                found[id(p)].append((module, attr, True))
+        for attr, b in module._buffers.items():
+            if b is not None:
+                found[id(b)].append((module, attr, False))
+    return found
+
+
+@torch.no_grad()
+def shrink(model: nn.Module, keep: dict[tuple[str, int], Tensor]) -> list[str]:
+    """Slice the named tensors in place (``keep``: (name, axis) -> indices) and fix attributes.
+
+    Returns the qualified names of the modules whose tensors changed.
+    """
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
+    by_name: dict[str, dict[int, Tensor]] = defaultdict(dict)
+    for (name, axis), idx in keep.items():
+        by_name[name][axis] = idx
+    owners = _owners(model)
+    touched: set[nn.Module] = set()
+    for name, axes in by_name.items():
+        old = tensors[name]
+        new = old.detach()
+        for axis, idx in axes.items():
+            new = new.index_select(axis, idx.to(new.device))
+        new = new.contiguous()
+        touched.update(owner[0] for owner in owners[id(old)])
+        if isinstance(old, nn.Parameter):
+            replacement: Tensor = nn.Parameter(new, requires_grad=old.requires_grad)
+        else:
+            replacement = new
+        for module, attr, is_param in owners[id(old)]:
+            (module._parameters if is_param else module._buffers)[attr] = replacement
+    names = {id(m): n for n, m in model.named_modules()}
+    update_attributes(model, touched)
+    return sorted(names[id(m)] for m in touched if id(m) in names)
+
+
+def _child(module: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
+    for n in names:
+        child = getattr(module, n, None)
+        if isinstance(child, nn.Module) and getattr(child, "weight", None) is not None:
+            return child
+    return None
+
+
+def _out_features(m: nn.Module) -> int:
+    if hasattr(m, "nf"):  # Hugging Face Conv1D stores weight as (in, out)
+        return int(m.weight.shape[1])
+    return int(m.weight.shape[0])
+
+
+def _in_features(m: nn.Module) -> int:
+    if hasattr(m, "nf"):
+        return int(m.weight.shape[0])
+    return int(m.weight.shape[1])
+
+
+def _set_int(module: object, names: tuple[str, ...], value: int) -> None:
+    for n in names:
+        if isinstance(getattr(module, n, None), int) and not isinstance(getattr(module, n), bool):
+            setattr(module, n, int(value))
+
+
+def _fix_layer(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        m.out_features, m.in_features = int(m.weight.shape[0]), int(m.weight.shape[1])
+    elif isinstance(m, nn.modules.conv._ConvNd):
+        w = m.weight
+        if m.transposed:
+            m.in_channels = int(w.shape[0])
+            m.out_channels = int(w.shape[1]) * m.groups
+        elif m.groups > 1 and m.groups == m.in_channels:  # depthwise: groups follow channels
+            mult = m.out_channels // m.in_channels
+            m.out_channels = int(w.shape[0])
+            m.in_channels = m.groups = m.out_channels // mult
+        else:
+            m.out_channels = int(w.shape[0])
+            m.in_channels = int(w.shape[1]) * m.groups
+    elif isinstance(m, nn.modules.batchnorm._NormBase):
+        ref = m.weight if m.weight is not None else m.running_mean
+        m.num_features = int(ref.shape[0])
+    elif isinstance(m, nn.GroupNorm):
+        m.num_channels = int(m.weight.shape[0])
+    elif isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
+        if m.weight is not None:
+            m.normalized_shape = (int(m.weight.shape[0]),)
+    elif isinstance(m, nn.Embedding):
+        m.embedding_dim = int(m.weight.shape[1])
+    elif isinstance(m, nn.MultiheadAttention):
+        e = int(m.in_proj_weight.shape[1])
+        old_head_dim = m.head_dim
+        m.embed_dim = m.kdim = m.vdim = e
+        m.head_dim = e // m.num_heads
+        if m.head_dim != old_head_dim:
+            # Attention divides by sqrt(head_dim): rescale the queries so the scores do not change.
+            factor = (m.head_dim / old_head_dim) ** 0.5
+            with torch.no_grad():
+                m.in_proj_weight[:e].mul_(factor)
+                if m.in_proj_bias is not None:
+                    m.in_proj_bias[:e].mul_(factor)
+        _fix_layer(m.out_proj)
+    elif hasattr(m, "nf") and getattr(m, "weight", None) is not None and m.weight.dim() == 2:
+        m.nf = int(m.weight.shape[1])
+        if hasattr(m, "nx"):
+            m.nx = int(m.weight.shape[0])
+
+
+def _fix_attention(m: nn.Module) -> None:
+    head_dim = next(
+        (getattr(m, n) for n in _HEAD_DIM if isinstance(getattr(m, n, None), int)), None
+    )
+    q = _child(m, _Q)
+    fused = _child(m, _FUSED) if q is None else None
+    if head_dim is None or (q is None and fused is None):
+        return
+    if q is not None:
+        q_out = _out_features(q)
+        k = _child(m, _K)
+        kv_out = _out_features(k) if k is not None else q_out
+    else:
+        q_out = kv_out = _out_features(fused) // 3
+        _set_int(m, ("split_size",), q_out)
+    _set_int(m, _N_HEADS, q_out // head_dim)
+    _set_int(m, _N_KV, kv_out // head_dim)
+    _set_int(m, _INNER, q_out)
+    out = _child(m, _OUT)
+    if out is not None:
+        _set_int(m, ("embed_dim",), _out_features(out))
+
+
+def _fix_mlp(m: nn.Module) -> None:
+    first = _child(m, _MLP_IN)
+    if first is None:
+        return
+    _set_int(m, ("intermediate_size", "hidden_features"), _out_features(first))
+    _set_int(m, ("hidden_size", "in_features"), _in_features(first))
+
+
+def update_attributes(model: nn.Module, touched: set[nn.Module] | None = None) -> None:
+    """Bring layer attributes, attention head counts and the model config in line with weights."""
+    for m in model.modules():
+        if touched is None or m in touched:
+            _fix_layer(m)
+    for m in model.modules():
+        _fix_attention(m)
+        _fix_mlp(m)
+    _fix_config(model)
+
+
+def _fix_config(model: nn.Module) -> None:
+    """Update ``model.config`` fields that are uniform across layers (hidden size, heads, MLP)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    embeds = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    norms = [
+        m
+        for m in model.modules()
+        if "norm" in type(m).__name__.lower()
+        and isinstance(getattr(m, "weight", None), Tensor)
+        and m.weight.dim() == 1
+    ]
+    heads: set[int] = set()
+    kv: set[int] = set()
+    inter: set[int] = set()
+    for m in model.modules():
+        hd = next((getattr(m, n) for n in _HEAD_DIM if isinstance(getattr(m, n, None), int)), None)
+        q = _child(m, _Q)
+        if hd and q is not None:
+            heads.add(_out_features(q) // hd)
+            k = _child(m, _K)
+            if k is not None:
+                kv.add(_out_features(k) // hd)
+        elif hd and _child(m, _FUSED) is not None:
+            heads.add(_out_features(_child(m, _FUSED)) // 3 // hd)
+        first = _child(m, _MLP_IN)
+        if first is not None and _child(m, _Q + _FUSED) is None:
+            inter.add(_out_features(first))
+    updates: dict[str, int] = {}
+    width = None
+    if embeds:
+        width = int(embeds[0].weight.shape[1])
+    elif norms:
+        width = int(norms[-1].weight.shape[0])
+    if width is not None:
+        for n in ("hidden_size", "n_embd", "d_model", "embed_dim", "dim"):
+            updates[n] = width
+    if len(heads) == 1:
+        for n in ("num_attention_heads", "n_head", "n_heads", "num_heads"):
+            updates[n] = next(iter(heads))
+    if len(kv) == 1:
+        updates["num_key_value_heads"] = next(iter(kv))
+    if len(inter) == 1:
+        for n in ("intermediate_size", "n_inner", "ffn_dim"):
+            updates[n] = next(iter(inter))
+    names = {f.name for f in fields(config)} if is_dataclass(config) else None
+    for key, value in updates.items():
+        current = getattr(config, key, None)
+        if names is not None and key not in names:
+            continue
+        if isinstance(current, int) and not isinstance(current, bool):
+            setattr(config, key, int(value))
