@@ -7,6 +7,7 @@
 0.9
 """
 
+from prunekit import structured
 from prunekit.allocation import list_allocations
 from prunekit.at_init import DensityTable, prune_at_init
 from prunekit.criteria import Criterion, create_criterion, list_methods, register_criterion
@@ -14,6 +15,7 @@ from prunekit.criteria.gradient import MovementTracker
 from prunekit.data import DatasetBundle, create_dataset, list_datasets
 from prunekit.export import load_compressed, load_compressed_into, save_compressed
 from prunekit.masks import MaskEnforcer, MaskMismatchError, MaskSet
+from prunekit.metrics import count_macs, count_params
 from prunekit.models import create_model, list_models
 from prunekit.pqi import SAPSchedule, pq_index, pq_index_report, sap_prune_count
 from prunekit.prune import compute_masks, prune, pruning_plan
@@ -52,6 +54,9 @@ __all__ = [
     "Targets",
     "TensorScores",
     "compute_masks",
+    "count_macs",
+    "count_params",
+    "structured",
     "create_criterion",
     "create_model",
     "list_allocations",
