@@ -20,9 +20,12 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model, e.g. ``create_model("resnet20", num_classes=10)``."""
     factory = MODELS.get(name, argument="model")
     try:
-        return factory(**kwargs)
+        model = factory(**kwargs)
     except TypeError as err:
         raise TypeError(f"model {name!r}: {err}") from err
+    # Remember how to rebuild the architecture (e.g. for structured.save_pruned in a new process).
+    model.prunekit_factory = {"kind": "zoo", "name": name.lower(), "kwargs": dict(kwargs)}
+    return model
 
 
 def list_models() -> list[str]:

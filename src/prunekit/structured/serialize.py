@@ -74,6 +74,9 @@ def _config_record(model: nn.Module) -> dict[str, Any] | None:
 
 
 def _auto_factory(model: nn.Module) -> dict[str, Any] | None:
+    recorded = getattr(model, "prunekit_factory", None)  # set by prunekit.create_model
+    if isinstance(recorded, dict):
+        return dict(recorded)
     cls = type(model)
     config = getattr(model, "config", None)
     if cls.__module__.startswith("transformers") and hasattr(config, "to_dict"):
@@ -96,7 +99,8 @@ def save_pruned(
     ``factory`` says how to build the unpruned architecture in a fresh process:
     a prunekit zoo name (``"resnet56"``, with ``factory_kwargs`` such as ``option="B"``), an
     importable ``"package.module:function"`` called with ``factory_kwargs``, or ``None`` for a
-    Hugging Face ``transformers`` model (its class and current config are recorded).
+    model made by ``prunekit.create_model`` (which records its name and arguments) or a Hugging
+    Face ``transformers`` model (its class and current config are recorded).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
