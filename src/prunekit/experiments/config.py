@@ -34,6 +34,7 @@ __all__ = [
     "TrainConfig",
     "config_hash",
     "dense_hash",
+    "ignores_sparsity",
     "load_config",
     "parse_overrides",
     "resolve",
@@ -404,6 +405,17 @@ class ExperimentConfig:
             return self.method
         p = self.prune
         return f"{p.criterion}-{p.allocation}-{p.schedule}"
+
+
+def ignores_sparsity(cfg: ExperimentConfig) -> bool:
+    """True when ``prune.sparsity`` does not change the run: ``sap`` picks its own sparsity,
+    ``sfw`` with explicit ``levels`` (or ``low_rank``) compresses at those levels."""
+    p = cfg.prune
+    if p.schedule == "sap":
+        return True
+    return p.schedule == "sfw" and (
+        "levels" in p.options or p.options.get("compress") == "low_rank"
+    )
 
 
 def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:

@@ -695,7 +695,7 @@ def _whole_recipe_stage(
     """Soups, SFW or SAP: one recipe call in ``<run>/recipe``; returns masks, phases and the
     result's extra entries. Soups and SFW resume inside the recipe from ``<run>/recipe``
     (ingredient files, Trainer checkpoints); SAP reruns its rounds when interrupted."""
-    cfg, p = ctx.cfg, ctx.cfg.prune
+    p = ctx.cfg.prune
     sdir = root / "recipe"
     done = sdir / "stage.json"
     if done.is_file():
