@@ -404,6 +404,12 @@ class ExperimentConfig:
         if self.method:
             return self.method
         p = self.prune
+        if p.schedule == "sfw":
+            # the criterion is not used: name the optimizer and the compression
+            trained = "sfw" if p.options.get("sfw", {}) is not None else self.train.optimizer
+            return f"{trained}-{p.options.get('compress', 'magnitude')}-{p.allocation}"
+        if p.schedule == "sap":
+            return f"sap-{p.options.get('scope', 'global')}"
         return f"{p.criterion}-{p.allocation}-{p.schedule}"
 
 

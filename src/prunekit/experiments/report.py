@@ -99,7 +99,7 @@ def _std(values: list[float]) -> float:
 
 def expand_levels(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per compression level for runs that report several (``sfw``); costs and the
-    PQ Index belong to the saved (last-level) model only."""
+    PQ Index belong to the level of the saved model only (``saved``)."""
     out = []
     for r in results:
         levels = r.get("levels")
@@ -108,7 +108,7 @@ def expand_levels(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         for i, level in enumerate(levels):
             entry = dict(r, target_sparsity=level["target_sparsity"], final=level["final"])
-            if i != len(levels) - 1:
+            if not level.get("saved", i == len(levels) - 1):
                 entry.update(costs={}, pq_index=None)
             out.append(entry)
     return out

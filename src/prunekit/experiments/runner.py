@@ -672,9 +672,11 @@ def _sfw_final_model(ctx: _Context, model: nn.Module, result: Any) -> MaskSet:
 
 
 def _sfw_levels(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One report entry per compression level (low_rank: sparsity = parameters removed)."""
+    """One report entry per compression level (low_rank: sparsity = parameters removed).
+
+    ``saved`` marks the level of the saved model (the last one; none for low_rank)."""
     out = []
-    for ph in phases:
+    for i, ph in enumerate(phases):
         level = float(ph["target_sparsity"])
         if ph.get("compress") == "low_rank":
             level = max(0.0, 1.0 - float(ph.get("params_ratio", 1.0)))
@@ -684,6 +686,7 @@ def _sfw_levels(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "target_sparsity": round(level, 6),
                 "sparsity": ph["sparsity"],
                 "final": ph["retrained"] or ph["pruned"],
+                "saved": i == len(phases) - 1 and ph.get("compress") != "low_rank",
             }
         )
     return out
