@@ -85,6 +85,13 @@ def test_soups_run_reports_the_soup_and_resumes(tmp_path):
     shutil.rmtree(root / "final")
     again = run_experiment(cfg, quiet=True)
     assert again["final"] == result["final"] and again["phases"] == result["phases"]
+    # killed inside the recipe: finished ingredients are loaded, not retrained
+    for path in (root / "result.json", root / "recipe" / "stage.json"):
+        path.unlink()
+    shutil.rmtree(root / "final")
+    resumed = run_experiment(cfg, quiet=True)
+    assert resumed["phases"][-1]["resumed"] == [0, 1]
+    assert resumed["final"] == result["final"]
     rows = aggregate(collect_results(tmp_path / "out"))
     row = next(r for r in rows if r.method != "dense")
     assert row.accuracy == result["final"]["test_top1"] and row.sparsity == 0.8

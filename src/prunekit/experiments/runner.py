@@ -43,6 +43,7 @@ from prunekit.experiments.config import (
     ExperimentConfig,
     config_hash,
     dense_hash,
+    ignores_sparsity,
 )
 from prunekit.experiments.store import ResultsStore
 from prunekit.experiments.typed import ConfigError, to_dict
@@ -941,5 +942,8 @@ def dry_run(
     out(f"# pruning plan ({p.criterion}, {p.allocation}, sparsity {p.sparsity}; "
         f"schedule {p.schedule}; {where})")  # fmt: skip
     out(format_table(["layer", "params", "pruned", "sparsity"], rows))
+    if ignores_sparsity(cfg):
+        out(f"# note: schedule {p.schedule} does not prune to prune.sparsity "
+            "(sap: the PQ Index sets each round; sfw: options.levels)")  # fmt: skip
     sys.stdout.flush()
     return plan
