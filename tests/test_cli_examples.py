@@ -49,6 +49,7 @@ def _tiny(path: Path, tmp_path: Path) -> list[str]:
 def test_examples_exist():
     names = {p.stem for p in EXAMPLES}
     expected = {"one_shot", "imp", "imp_lr_rewind", "bimp", "gmp", "rigl", "at_init", "sweep"}
+    expected |= {"soups", "sfw", "sap"}
     assert expected | {"gpt_text", "finetune_checkpoint"} <= names
 
 

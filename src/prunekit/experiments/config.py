@@ -28,19 +28,25 @@ __all__ = [
     "PruneConfig",
     "RetrainConfig",
     "SweepConfig",
+    "RECIPE_SCHEDULES",
     "TRAINING_SCHEDULES",
     "TargetsConfig",
     "TrainConfig",
     "config_hash",
     "dense_hash",
+    "ignores_sparsity",
     "load_config",
     "parse_overrides",
     "resolve",
 ]
 
-SCHEDULE_NAMES = ("one_shot", "imp", "bimp", "gmp", "rigl", "granet", "at_init")
+SCHEDULE_NAMES = (
+    "one_shot", "imp", "bimp", "gmp", "rigl", "granet", "at_init", "soups", "sfw", "sap"
+)  # fmt: skip
 # Schedules that prune during (or before) one training run: no separate dense model.
-TRAINING_SCHEDULES = ("gmp", "rigl", "granet", "at_init")
+TRAINING_SCHEDULES = ("gmp", "rigl", "granet", "at_init", "sfw")
+# Schedules run by a whole recipe of prunekit.training (soups and sap prune the dense model).
+RECIPE_SCHEDULES = ("soups", "sfw", "sap")
 # Keys that change where or how a run is reported, not its result.
 _NOT_HASHED = ("name", "output", "tracker", "sweep")
 _TRAIN_NOT_HASHED = ("progress", "checkpoint_every", "threads")
@@ -176,7 +182,12 @@ class PruneConfig:
     from ``gmp_start`` to ``gmp_end`` of the run, every ``gmp_frequency`` iterations), ``rigl`` /
     ``granet`` (dynamic sparse training for ``train.epochs``; ``options`` are the recipe's
     keyword arguments such as ``delta_t``, ``alpha``, ``t_end_fraction``), ``at_init`` (prune
-    the untrained model with ``criterion``, e.g. snip / grasp / synflow, then train it sparse).
+    the untrained model with ``criterion``, e.g. snip / grasp / synflow, then train it sparse),
+    ``soups`` (Sparse Model Soups over ``phases`` phases of the dense model), ``sfw``
+    (stochastic Frank-Wolfe training, then compression; ``options.sfw`` holds the
+    :class:`~prunekit.training.SFWSpec` fields, ``null`` for the plain-optimizer baseline) and
+    ``sap`` (PQ-Index-sized pruning rounds of the dense model). For these ``options`` are the
+    recipe's keyword arguments that no other key sets.
     """
 
     sparsity: float = 0.9
@@ -185,7 +196,9 @@ class PruneConfig:
     allocation: str = "global"
     min_keep: int | float | None = None
     targets: TargetsConfig = field(default_factory=TargetsConfig)
-    schedule: Literal["one_shot", "imp", "bimp", "gmp", "rigl", "granet", "at_init"] = "one_shot"
+    schedule: Literal[
+        "one_shot", "imp", "bimp", "gmp", "rigl", "granet", "at_init", "soups", "sfw", "sap"
+    ] = "one_shot"
     phases: int = 3
     rewind: Literal["weights", "lr", "none"] = "none"
     rewind_iteration: int = 0
@@ -222,6 +235,16 @@ class PruneConfig:
                         f"{_key(path, 'options')}.{key}: unknown option of schedule "
                         f"{self.schedule!r}; allowed: {', '.join(allowed) or 'none'}"
                     )
+        if self.schedule == "sfw" and "sfw" in self.options:
+            _check_sfw_options(self.options["sfw"], f"{_key(path, 'options')}.sfw")
+        if self.schedule == "soups":
+            from prunekit.criteria import create_criterion
+
+            if self.criterion_options or create_criterion(self.criterion).requires_data:
+                raise ConfigError(
+                    f"{_key(path, 'criterion')}: schedule 'soups' prunes with a data-free "
+                    f"criterion without options (e.g. magnitude), got {self.criterion!r}"
+                )
         if not 0.0 <= self.gmp_start < self.gmp_end <= 1.0:
             raise ConfigError(
                 f"{_key(path, 'gmp_start')}: expected 0 <= gmp_start < gmp_end <= 1, got "
@@ -235,16 +258,66 @@ _RECIPE_SET = {"model", "data", "train", "sparsity", "allocation", "targets", "m
                "criterion_batch_size"}  # fmt: skip
 
 
+# Per recipe: further arguments set from other keys (``prune.phases``, ``retrain.*``, ...).
+_RECIPE_SET_EXTRA = {
+    "soups": {"prune", "phases", "retrain_epochs", "retrain_schedule", "out_dir", "pretrained",
+              "callbacks"},
+    "sfw": {"retrain_epochs", "retrain_schedule", "pretrained", "out_dir"},
+    "sap": {"retrain_epochs", "retrain_schedule", "pretrained"},
+}  # fmt: skip
+
+
+def _recipe_fn(schedule: str) -> Any:
+    if schedule in ("rigl", "granet", "sap"):
+        from prunekit.training import dst_recipes
+
+        return getattr(dst_recipes, f"run_{schedule}")
+    if schedule == "soups":
+        from prunekit.training.soups_recipe import run_soups
+
+        return run_soups
+    if schedule == "sfw":
+        from prunekit.training.sfw_recipe import run_sfw
+
+        return run_sfw
+    return None
+
+
 def _recipe_options(schedule: str) -> list[str]:
-    """Keyword options ``prune.options`` may set for ``schedule`` (dynamic sparse training)."""
+    """Keyword options ``prune.options`` may set for ``schedule`` (its recipe's arguments)."""
     import inspect
 
-    if schedule not in ("rigl", "granet"):
+    fn = _recipe_fn(schedule)
+    if fn is None:
         return []
-    from prunekit.training import dst_recipes
+    skip = _RECIPE_SET | _RECIPE_SET_EXTRA.get(schedule, set())
+    return [n for n in inspect.signature(fn).parameters if n not in skip]
 
-    fn = getattr(dst_recipes, f"run_{schedule}")
-    return [n for n in inspect.signature(fn).parameters if n not in _RECIPE_SET]
+
+def sfw_spec_fields() -> list[str]:
+    """The :class:`~prunekit.training.SFWSpec` fields ``prune.options.sfw`` may set."""
+    import dataclasses
+
+    from prunekit.training.sfw_recipe import SFWSpec
+
+    # targets come from prune.targets
+    return [f.name for f in dataclasses.fields(SFWSpec) if f.name != "targets"]
+
+
+def _check_sfw_options(value: Any, path: str) -> None:
+    if value is None:
+        return  # the plain-optimizer baseline
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of SFWSpec fields (or null for the baseline), "
+            f"got {value!r}"
+        )
+    allowed = sfw_spec_fields()
+    for key in value:
+        if key not in allowed:
+            raise ConfigError(f"{path}.{key}: unknown SFWSpec field; allowed: {', '.join(allowed)}")
+    if "options" in value and not isinstance(value["options"], dict):
+        raise ConfigError(f"{path}.options: expected a mapping of constraint options")
 
 
 @dataclass
@@ -331,7 +404,24 @@ class ExperimentConfig:
         if self.method:
             return self.method
         p = self.prune
+        if p.schedule == "sfw":
+            # the criterion is not used: name the optimizer and the compression
+            trained = "sfw" if p.options.get("sfw", {}) is not None else self.train.optimizer
+            return f"{trained}-{p.options.get('compress', 'magnitude')}-{p.allocation}"
+        if p.schedule == "sap":
+            return f"sap-{p.options.get('scope', 'global')}"
         return f"{p.criterion}-{p.allocation}-{p.schedule}"
+
+
+def ignores_sparsity(cfg: ExperimentConfig) -> bool:
+    """True when ``prune.sparsity`` does not change the run: ``sap`` picks its own sparsity,
+    ``sfw`` with explicit ``levels`` (or ``low_rank``) compresses at those levels."""
+    p = cfg.prune
+    if p.schedule == "sap":
+        return True
+    return p.schedule == "sfw" and (
+        "levels" in p.options or p.options.get("compress") == "low_rank"
+    )
 
 
 def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:

@@ -97,8 +97,29 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def expand_levels(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per compression level for runs that report several (``sfw``); costs and the
+    PQ Index belong to the level of the saved model only (``saved``)."""
+    out = []
+    for r in results:
+        levels = r.get("levels")
+        if not levels:
+            out.append(r)
+            continue
+        for i, level in enumerate(levels):
+            entry = dict(r, target_sparsity=level["target_sparsity"], final=level["final"])
+            if not level.get("saved", i == len(levels) - 1):
+                entry.update(costs={}, pq_index=None)
+            out.append(entry)
+    return out
+
+
 def aggregate(results: list[dict[str, Any]], metric: str | None = None) -> list[ReportRow]:
-    """Rows per (method, target sparsity), plus a ``dense`` row per distinct dense baseline."""
+    """Rows per (method, target sparsity), plus a ``dense`` row per distinct dense baseline.
+
+    A run with several compression levels (``sfw``) gives one row per level.
+    """
+    results = expand_levels(results)
     metric = metric or _metric_key(results)
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in results:
@@ -184,9 +205,13 @@ def _cells(row: ReportRow, metric: str) -> list[str]:
         _num(row.nonzeros),
         _num(row.dense_macs),
         _num(row.nonzero_macs),
-        f"{row.speedup:.2f}x",
-        f"{row.compression:.2f}x",
+        _ratio(row.speedup),
+        _ratio(row.compression),
     ]
+
+
+def _ratio(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.2f}x"
 
 
 def _header(metric: str) -> list[str]:

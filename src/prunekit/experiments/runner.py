@@ -38,10 +38,12 @@ from torch import nn
 from prunekit.data import create_dataset
 from prunekit.data.base import DatasetBundle
 from prunekit.experiments.config import (
+    RECIPE_SCHEDULES,
     TRAINING_SCHEDULES,
     ExperimentConfig,
     config_hash,
     dense_hash,
+    ignores_sparsity,
 )
 from prunekit.experiments.store import ResultsStore
 from prunekit.experiments.typed import ConfigError, to_dict
@@ -585,6 +587,153 @@ def _recipe_stage(ctx: _Context, model: nn.Module, root: Path) -> tuple[MaskSet,
     return masks, [phase]
 
 
+def _retrain_epochs(cfg: ExperimentConfig) -> float:
+    # retrain.epochs: null means the dense run's length
+    return cfg.train.epochs if cfg.retrain.epochs is None else cfg.retrain.epochs
+
+
+def _run_soups(ctx: _Context, model: nn.Module, sdir: Path) -> Any:
+    from prunekit.training.soups_recipe import run_soups
+
+    cfg, p = ctx.cfg, ctx.cfg.prune
+    spec = PruneSpec(p.sparsity, p.criterion, p.allocation, p.targets.build(), p.min_keep)
+    return run_soups(
+        model,
+        ctx.data,
+        _train_spec(cfg),
+        spec,
+        phases=p.phases,
+        retrain_epochs=_retrain_epochs(cfg),
+        retrain_schedule=cfg.retrain.schedule,
+        out_dir=sdir,
+        pretrained=True,
+        checkpoint_every=cfg.train.checkpoint_every,
+        **p.options,
+    )
+
+
+def _run_sap(ctx: _Context, model: nn.Module, sdir: Path) -> Any:
+    from prunekit.training.dst_recipes import run_sap
+
+    cfg, p = ctx.cfg, ctx.cfg.prune
+    return run_sap(
+        model,
+        ctx.data,
+        _train_spec(cfg),
+        targets=p.targets.build(),
+        retrain_epochs=cfg.retrain.epochs,
+        retrain_schedule=cfg.retrain.schedule,
+        pretrained=True,
+        **p.options,
+    )
+
+
+def _run_sfw(ctx: _Context, model: nn.Module, sdir: Path) -> Any:
+    from prunekit.training.sfw_recipe import SFWSpec, run_sfw
+
+    cfg, p = ctx.cfg, ctx.cfg.prune
+    options = dict(p.options)
+    fields = options.pop("sfw", {})
+    sfw = None if fields is None else SFWSpec(**fields, targets=p.targets.build())
+    compress = options.get("compress", "magnitude")
+    if "levels" not in options and compress != "low_rank":
+        options["levels"] = [p.sparsity]  # one level: the config's sparsity
+    return run_sfw(
+        model,
+        ctx.data,
+        _train_spec(cfg),
+        sfw,
+        allocation=p.allocation,
+        retrain_epochs=_retrain_epochs(cfg),
+        retrain_schedule=cfg.retrain.schedule,
+        out_dir=sdir,
+        checkpoint_every=cfg.train.checkpoint_every,
+        **options,
+    )
+
+
+def _sfw_final_model(ctx: _Context, model: nn.Module, result: Any) -> MaskSet:
+    """The trained model compressed at the last level (masks; BatchNorm recalibrated as the
+    recipe does). Low-rank levels change the architecture: the model stays uncompressed."""
+    from prunekit.soups import recalibrate_batchnorm
+    from prunekit.training.sfw_recipe import _bn_batches
+
+    if result.masks is None:
+        return MaskSet()
+    masks = result.masks.to(next(model.parameters()).device)
+    masks.apply(model)
+    options = ctx.cfg.prune.options
+    if options.get("recalibrate_bn", True):
+        batches = _bn_batches(
+            model, ctx.data, ctx.cfg.train.batch_size, int(options.get("bn_batches", 8))
+        )
+        if batches:
+            recalibrate_batchnorm(model, batches, device=next(model.parameters()).device)
+    return masks
+
+
+def _sfw_levels(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One report entry per compression level (low_rank: sparsity = parameters removed).
+
+    ``saved`` marks the level of the saved model (the last one; none for low_rank)."""
+    out = []
+    for i, ph in enumerate(phases):
+        level = float(ph["target_sparsity"])
+        if ph.get("compress") == "low_rank":
+            level = max(0.0, 1.0 - float(ph.get("params_ratio", 1.0)))
+        out.append(
+            {
+                "level": float(ph["target_sparsity"]),
+                "target_sparsity": round(level, 6),
+                "sparsity": ph["sparsity"],
+                "final": ph["retrained"] or ph["pruned"],
+                "saved": i == len(phases) - 1 and ph.get("compress") != "low_rank",
+            }
+        )
+    return out
+
+
+def _whole_recipe_stage(
+    ctx: _Context, model: nn.Module, root: Path
+) -> tuple[MaskSet, list[dict[str, Any]], dict[str, Any]]:
+    """Soups, SFW or SAP: one recipe call in ``<run>/recipe``; returns masks, phases and the
+    result's extra entries. Soups and SFW resume inside the recipe from ``<run>/recipe``
+    (ingredient files, Trainer checkpoints); SAP reruns its rounds when interrupted."""
+    p = ctx.cfg.prune
+    sdir = root / "recipe"
+    done = sdir / "stage.json"
+    if done.is_file():
+        _load_state(model, sdir / "model.safetensors")
+        stage = _read_json(done)
+        return _load_masks(sdir / "masks.safetensors", model), stage["phases"], stage["extra"]
+    sdir.mkdir(parents=True, exist_ok=True)
+    ctx.log(f"{p.schedule}: running the recipe in {sdir}")
+    run = {"soups": _run_soups, "sfw": _run_sfw, "sap": _run_sap}[p.schedule]
+    result = run(ctx, model, sdir)
+    phases = [dataclasses.asdict(ph) for ph in result.phases]
+    extra: dict[str, Any] = {"final": result.final}
+    if result.details:
+        extra["details"] = result.details
+    if p.schedule == "sfw":
+        extra["trained"] = result.dense  # the SFW-trained model before compression
+        extra["levels"] = _sfw_levels(phases)
+        extra["iterations"] = {"dense": result.dense_iterations,
+                               "retrain": result.retrain_iterations}  # fmt: skip
+        extra["max_norm_ratio"] = result.config.get("max_norm_ratio")
+        masks = _sfw_final_model(ctx, model, result)
+    else:
+        masks = result.masks if result.masks is not None else MaskSet.from_model(model)
+    if p.schedule == "sap":
+        # SAP picks its own sparsity: the report lists it where it landed (0.1 % steps)
+        extra["target_sparsity"] = round(masks.sparsity, 3)
+    masks.save(sdir / "masks.safetensors")
+    _save_state(model, sdir / "model.safetensors")
+    write_json({"phases": phases, "extra": extra}, done)
+    for ckpt in ("train", "dense"):
+        shutil.rmtree(sdir / ckpt, ignore_errors=True)
+    return masks, phases, extra
+
+
 def _fmt(metrics: dict[str, float]) -> str:
     keys = [k for k in ("test_top1", "test_loss", "test_perplexity") if k in metrics]
     return ", ".join(f"{k}={metrics[k]:.4f}" for k in keys)
@@ -663,9 +812,18 @@ def _run_locked(cfg: ExperimentConfig, quiet: bool, store: ResultsStore | None) 
         data = build_data(cfg)
         model = build_model(cfg, data)
         ctx = _Context(cfg, data, log, _original_schedule(cfg, data, _dense_schedule_name(cfg)))
-        if cfg.prune.schedule not in TRAINING_SCHEDULES:
+        if cfg.prune.schedule not in (*TRAINING_SCHEDULES, *RECIPE_SCHEDULES):
             _phases(ctx)  # schedule errors surface before any training
-        if cfg.prune.schedule == "gmp":
+        recipe_extra: dict[str, Any] = {}
+        if cfg.prune.schedule == "sfw":
+            dense = {"metrics": {}, "iterations": 0}
+            masks, phases, recipe_extra = _whole_recipe_stage(ctx, model, root)
+            dense_iterations = 0
+        elif cfg.prune.schedule in RECIPE_SCHEDULES:
+            dense = _dense_stage(ctx, model)
+            dense_iterations = dense["iterations"]
+            masks, phases, recipe_extra = _whole_recipe_stage(ctx, model, root)
+        elif cfg.prune.schedule == "gmp":
             dense: dict[str, Any] = {"metrics": {}, "iterations": 0}
             masks, phases = _gmp_stage(ctx, model, root)
             dense_iterations = ctx.original.total
@@ -708,6 +866,7 @@ def _run_locked(cfg: ExperimentConfig, quiet: bool, store: ResultsStore | None) 
             ),
             "wall_s": time.perf_counter() - start,
         }
+        result.update(recipe_extra)
         write_json(result, final_dir / "metrics.json")
         write_json(result, done)
         log(f"finished: {_fmt(result['final'])}, sparsity {masks.sparsity:.4f}; outputs in {root}")
@@ -783,5 +942,8 @@ def dry_run(
     out(f"# pruning plan ({p.criterion}, {p.allocation}, sparsity {p.sparsity}; "
         f"schedule {p.schedule}; {where})")  # fmt: skip
     out(format_table(["layer", "params", "pruned", "sparsity"], rows))
+    if ignores_sparsity(cfg):
+        out(f"# note: schedule {p.schedule} does not prune to prune.sparsity "
+            "(sap: the PQ Index sets each round; sfw: options.levels)")  # fmt: skip
     sys.stdout.flush()
     return plan

@@ -16,7 +16,12 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
-from prunekit.experiments.config import TRAINING_SCHEDULES, ExperimentConfig, resolve
+from prunekit.experiments.config import (
+    TRAINING_SCHEDULES,
+    ExperimentConfig,
+    ignores_sparsity,
+    resolve,
+)
 from prunekit.experiments.store import ResultsStore
 from prunekit.experiments.typed import ConfigError, to_dict
 
@@ -50,6 +55,7 @@ def expand(cfg: ExperimentConfig) -> list[Arm]:
     seeds = sweep["seeds"] or [cfg.seed]
     methods = sweep["methods"] or {cfg.label: {}}
     arms = []
+    single: set[tuple[str, Any]] = set()
     for seed in seeds:
         for label, overrides in methods.items():
             if not isinstance(overrides, dict):
@@ -64,6 +70,11 @@ def expand(cfg: ExperimentConfig) -> list[Arm]:
                     arm_cfg = resolve(base, pairs)
                 except ConfigError as err:
                     raise ConfigError(f"sweep.methods.{label}: {err}") from None
+                if ignores_sparsity(arm_cfg):
+                    # one run per seed: the grid's sparsities would all give the same result
+                    if (label, seed) in single:
+                        continue
+                    single.add((label, seed))
                 arms.append(Arm(label, float(sparsity), int(seed), arm_cfg))
     return arms
 
