@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 # Modules that add sub-commands; a module that fails to import (missing optional dependency)
 # is skipped so that the other commands keep working.
-COMMAND_MODULES = ["prunekit.commands.list_cmd"]
+COMMAND_MODULES = ["prunekit.commands.list_cmd", "prunekit.commands.prune_llm"]
 
 
 def build_parser() -> argparse.ArgumentParser:
