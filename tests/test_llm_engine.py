@@ -10,7 +10,6 @@ from torch import nn
 pytest.importorskip("transformers")
 
 from _llm_tiny import load_tiny, save_tiny, tokens  # noqa: E402
-
 from prunekit.llm import (  # noqa: E402
     ModelAdapter,
     UnknownArchitectureError,

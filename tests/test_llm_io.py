@@ -12,7 +12,6 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from _llm_tiny import VOCAB, load_tiny, save_tiny, tokens  # noqa: E402
-
 from prunekit.cli import main  # noqa: E402
 from prunekit.llm import prune_llm  # noqa: E402
 from prunekit.llm.evaluation import output_agreement, perplexity  # noqa: E402

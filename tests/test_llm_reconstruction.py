@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from prunekit.llm.methods import magnitude_mask, owl_sparsities, outlier_ratio, wanda_mask
+from prunekit.llm.methods import magnitude_mask, outlier_ratio, owl_sparsities, wanda_mask
 from prunekit.llm.sparsegpt import CholeskyError, inverse_cholesky, sparsegpt_prune
 
 

@@ -8,7 +8,6 @@ import torch
 pytest.importorskip("transformers")
 
 from _llm_tiny import load_tiny, save_tiny, tokens  # noqa: E402
-
 from prunekit.llm import prune_llm  # noqa: E402
 from prunekit.llm.adapters import is_transposed  # noqa: E402
 
