@@ -476,23 +476,23 @@ class _Engine:
                 start = time.perf_counter()
                 home = self._block_on_device(block)
                 modules = self.targets[i]
-                if self.config.true_sequential and modules:
-                    groups = _sequential_groups(
-                        self.adapter, block, modules, inputs, inps[0], self.device
-                    )
-                else:
-                    groups = [list(modules)]
-                for g, group in enumerate(groups):
-                    chosen = {n: modules[n] for n in group}
+                # Linears reading the very same tensor (q/k/v, gate/up) share one statistic.
+                groups = (
+                    _sequential_groups(self.adapter, block, modules, inputs, inps[0], self.device)
+                    if modules
+                    else []
+                )
+                passes = [[g] for g in groups] if self.config.true_sequential else [groups]
+                for p, pass_groups in enumerate(passes):
                     stats = {
-                        n: _Stats(_weight_matrix(m).shape[1], hessian, self.device)
-                        for n, m in chosen.items()
+                        g[0]: _Stats(_weight_matrix(modules[g[0]]).shape[1], hessian, self.device)
+                        for g in pass_groups
                     }
-                    handles = _hook_stats(chosen, stats)
+                    handles = _hook_stats({g[0]: modules[g[0]] for g in pass_groups}, stats)
                     try:
                         for b in range(len(inps)):
                             out = _run_block(self.adapter, block, inputs, b, inps[b], self.device)
-                            if g == 0:  # dense outputs, kept to measure the block's error
+                            if p == 0:  # dense outputs, kept to measure the block's error
                                 if b < len(outs):
                                     outs[b] = out
                                 else:
@@ -500,12 +500,14 @@ class _Engine:
                     finally:
                         for h in handles:
                             h.remove()
-                    for name in group:
-                        mask, info = self.prune_layer(
-                            name, chosen[name], stats.pop(name), block_sparsity[i]
-                        )
-                        masks[f"{name}.weight"] = mask
-                        layer_info[name] = info
+                    for group in pass_groups:
+                        shared = stats.pop(group[0])
+                        for name in group:
+                            mask, info = self.prune_layer(
+                                name, modules[name], shared, block_sparsity[i]
+                            )
+                            masks[f"{name}.weight"] = mask
+                            layer_info[name] = info
                 if not groups or not modules:  # nothing to prune: still move the activations
                     for b in range(len(inps)):
                         out = _run_block(self.adapter, block, inputs, b, inps[b], self.device)
