@@ -13,6 +13,7 @@ Register an adapter for a new family with :func:`register_adapter`.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,10 @@ class UnknownArchitectureError(ValueError):
 
 
 def _hf_conv1d() -> type | None:
-    # GPT-2 stores its projections in transformers' Conv1D (weight laid out in x out).
+    # GPT-2 stores its projections in transformers' Conv1D (weight laid out in x out). If
+    # transformers was never imported, no model can hold one: skip the (slow) import.
+    if "transformers" not in sys.modules:
+        return None
     try:
         from transformers.pytorch_utils import Conv1D
     except Exception:  # transformers is optional
