@@ -185,7 +185,7 @@ def table(rows) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke test")
-    parser.add_argument("--tokens", type=int, default=4096, help="calibration tokens")
+    parser.add_argument("--tokens", type=int, default=16384, help="calibration tokens")
     parser.add_argument("--repeats", type=int, default=3, help="best of N timings")
     parser.add_argument("--no-big", action="store_true", help="skip the 4096x4096 layer")
     args = parser.parse_args()
