@@ -431,10 +431,10 @@ class _Engine:
             new = weight.float() * mask
         else:
             assert stats is not None and stats.hessian is not None
-            hessian = stats.hessian / max(stats.tokens, 1)
+            # SparseGPT is invariant to the scale of H: the raw sum X^T X saves a copy.
             new, mask, info = sparsegpt_prune(
                 weight,
-                hessian,
+                stats.hessian,
                 sparsity,
                 self.nm,
                 blocksize=self.config.blocksize,

@@ -39,16 +39,19 @@ def inverse_cholesky(
         raise CholeskyError(f"sparsegpt: the Hessian of {name} holds NaN or inf")
     mean_diag = mean_diag or 1.0
     damp = percdamp
-    eye = torch.arange(n, device=hessian.device)
     for _attempt in range(retries + 1):
-        h = hessian.clone()
-        h[eye, eye] += damp * mean_diag
         # With J the order-reversing permutation, J H J = L L^T gives H^-1 = U^T U for the upper
         # triangular U = J L^-1 J: one factorisation and one triangular solve, no explicit inverse.
-        lower, info = torch.linalg.cholesky_ex(h.flip(0, 1))
+        flipped = hessian.flip(0, 1)  # a copy: the caller's Hessian is left alone
+        flipped.diagonal().add_(damp * mean_diag)
+        lower, info = torch.linalg.cholesky_ex(flipped)
+        del flipped
         if int(info) == 0:
-            identity = torch.eye(n, dtype=h.dtype, device=h.device)
-            upper = torch.linalg.solve_triangular(lower, identity, upper=False).flip(0, 1)
+            identity = torch.eye(n, dtype=hessian.dtype, device=hessian.device)
+            inverse = torch.linalg.solve_triangular(lower, identity, upper=False)
+            del lower, identity
+            upper = inverse.flip(0, 1)
+            del inverse
             if bool(torch.isfinite(upper).all()):
                 return upper, damp
         warnings.warn(
@@ -105,7 +108,7 @@ def sparsegpt_prune(
     if pattern is not None and blocksize % pattern[1]:
         raise ValueError(f"blocksize: {blocksize} is not a multiple of the group size {pattern[1]}")
     w = weight.detach().float().clone()
-    h = hessian.detach().float().clone()
+    h = hessian.detach().float()
     rows, cols = w.shape
     if pattern is not None and cols % pattern[1]:
         raise ValueError(
@@ -113,7 +116,9 @@ def sparsegpt_prune(
             f"of {pattern[1]}, got {cols}"
         )
     dead = torch.diagonal(h) == 0
-    h[dead, dead] = 1.0
+    if bool(dead.any()):
+        h = h.clone()  # never modify the caller's Hessian
+        h[dead, dead] = 1.0
     w[:, dead] = 0.0
     hinv, damp = inverse_cholesky(h, percdamp, name)
     del h
