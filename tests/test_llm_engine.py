@@ -201,3 +201,25 @@ def test_prunekit_gpt_with_a_text_file(tmp_path):
     assert report["adapter"] == "prunekit-gpt" and report["seqlen"] == 64
     assert len(masks) == 12 and masks.sparsity == pytest.approx(0.5)
     assert all(b["output_error"] > 0 for b in report["blocks"])
+
+
+def test_saved_dataset_needs_the_datasets_package(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("datasets") is not None:
+        pytest.skip("datasets is installed")
+    from prunekit.llm.calibration import load_calibration
+
+    (tmp_path / "dataset_info.json").write_text("{}")
+    with pytest.raises(ValueError, match="'datasets' package"):
+        load_calibration(tmp_path, tokenizer=byte_tokenizer, nsamples=2, seqlen=8)
+
+
+def test_two_dimensional_tokens_are_used_as_given():
+    from prunekit.llm.calibration import load_calibration
+
+    ids = torch.arange(40).reshape(4, 10)
+    assert torch.equal(load_calibration(ids, nsamples=3, seqlen=8), ids[:3, :8])
+    stream = load_calibration(torch.arange(100), nsamples=5, seqlen=10, seed=1)
+    assert stream.shape == (5, 10)
+    assert torch.all(stream[:, 1:] - stream[:, :-1] == 1)  # contiguous windows
