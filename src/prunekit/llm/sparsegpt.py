@@ -150,7 +150,7 @@ def sparsegpt_prune(
             quantised = col.masked_fill(pblock[i], 0.0)
             err = (col - quantised) / diag[i]
             # W[:, i:] -= err * U[i, i:], on the transposed block.
-            block[i:].sub_(torch.outer(hblock[i, i:], err))
+            block[i:].addr_(hblock[i, i:], err, alpha=-1.0)  # in place, no temporary
             block[i] = quantised
             errors[i] = err
         w[:, i1:i2] = block.t()
