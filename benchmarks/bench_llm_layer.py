@@ -188,7 +188,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=16384, help="calibration tokens")
     parser.add_argument("--repeats", type=int, default=3, help="best of N timings")
     parser.add_argument("--no-big", action="store_true", help="skip the 4096x4096 layer")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (1 on a shared, busy machine)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     patterns = [("50%", None), ("2:4", (2, 4)), ("4:8", (4, 8))]
     if args.quick:
         shapes = [(128, 128), (256, 128)]
