@@ -85,7 +85,12 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=None, help="cap on test windows")
     parser.add_argument("--cache", default="benchmarks/.cache/llm_e2e", help="trained-model dir")
     parser.add_argument("--methods", default="magnitude,wanda,sparsegpt")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (1 on a shared, busy machine)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     train_ids, test_ids = corpus()
     config = GPTConfig(
