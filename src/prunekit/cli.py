@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "prunekit.commands.run",
     "prunekit.commands.sweep",
     "prunekit.commands.report",
+    "prunekit.commands.prune_llm",
 ]
 
 

@@ -1,0 +1,136 @@
+"""Loading models from a local directory and saving pruned ones (safetensors + masks + report).
+
+A Hugging Face directory (``config.json``) loads with ``from_pretrained``; prunekit's GPT is stored
+as ``model.safetensors`` whose metadata holds its config. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from prunekit.masks import MaskSet
+from prunekit.report import sparsity_report
+from prunekit.serialization import load_safetensors, save_safetensors, write_json
+
+__all__ = ["load_model", "load_pruned", "save_pruned"]
+
+GPT_FORMAT = "prunekit.gpt/1"
+MASKS_FILE = "masks.safetensors"
+REPORT_FILE = "sparsity_report.json"
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError as err:
+        raise ImportError(
+            "loading Hugging Face models needs transformers: pip install 'prunekit[llm]'"
+        ) from err
+    return transformers
+
+
+def load_model(path: str | os.PathLike, dtype: Any = None) -> tuple[nn.Module, Any]:
+    """(model, tokenizer or None) from a local directory; never downloads.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a directory holding a model.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"model: no such directory {str(root)!r}")
+    gpt_file = root / "model.safetensors"
+    if not (root / "config.json").exists() and gpt_file.exists():
+        from prunekit.models.gpt import GPT, GPTConfig
+
+        tensors, meta = load_safetensors(gpt_file)
+        if meta.get("format") != GPT_FORMAT:
+            raise ValueError(f"model: {str(gpt_file)!r} is not a prunekit GPT checkpoint")
+        model = GPT(GPTConfig(**meta["config"]))
+        model.load_state_dict(tensors)
+        if dtype is not None:
+            model.to(dtype)
+        return model.eval(), None
+    if not (root / "config.json").exists():
+        raise FileNotFoundError(f"model: {str(root)!r} holds no config.json or model.safetensors")
+    transformers = _transformers()
+    config = transformers.AutoConfig.from_pretrained(root, local_files_only=True)
+    cls = None
+    for arch in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            break
+    if cls is None:
+        cls = transformers.AutoModelForCausalLM
+    kwargs = {"local_files_only": True}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    model = cls.from_pretrained(root, **kwargs)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(root, local_files_only=True)
+    except Exception:  # a model directory without tokenizer files
+        tokenizer = None
+    return model.eval(), tokenizer
+
+
+def _save_model(model: nn.Module, directory: Path) -> None:
+    from prunekit.models.gpt import GPT
+
+    if isinstance(model, GPT):
+        state = {k: v for k, v in model.state_dict().items()}
+        save_safetensors(
+            state,
+            directory / "model.safetensors",
+            {"format": GPT_FORMAT, "config": model.config.to_dict()},
+        )
+        return
+    if not hasattr(model, "save_pretrained"):
+        raise TypeError(
+            f"model: {type(model).__name__} has no save_pretrained; save its state_dict yourself"
+        )
+    model.save_pretrained(directory)
+
+
+def save_pruned(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    masks: MaskSet | None = None,
+    report: dict | None = None,
+    tokenizer: Any = None,
+) -> Path:
+    """Write the model (safetensors), its tokenizer, ``masks.safetensors`` and
+    ``sparsity_report.json`` into ``directory``; files appear only once fully written."""
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".prunekit-save-", dir=target))
+    try:
+        _save_model(model, staging)
+        if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(staging)
+        for item in staging.iterdir():
+            os.replace(item, target / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    data: dict[str, Any] = {"pruning": report or {}}
+    if masks is not None:
+        masks.save(target / MASKS_FILE, metadata=masks.metadata)
+        data["weights"] = sparsity_report(model, masks).to_dict()
+    else:
+        data["weights"] = sparsity_report(model).to_dict()
+    write_json(data, target / REPORT_FILE)
+    return target
+
+
+def load_pruned(
+    directory: str | os.PathLike, dtype: Any = None
+) -> tuple[nn.Module, MaskSet | None, Any]:
+    """(model, masks or None, tokenizer or None) from a directory written by :func:`save_pruned`."""
+    model, tokenizer = load_model(directory, dtype)
+    path = Path(directory) / MASKS_FILE
+    masks = MaskSet.load(path) if path.exists() else None
+    return model, masks, tokenizer
