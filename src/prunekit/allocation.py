@@ -17,7 +17,7 @@ from torch import Tensor
 
 from prunekit.registry import Registry
 from prunekit.scores import Scores, TensorScores
-from prunekit.selection import keep_masks_lowest_pruned
+from prunekit.selection import NonFiniteScoreError, keep_masks_lowest_pruned
 
 _NM_PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
@@ -219,8 +219,9 @@ def _global_k(context: AllocationContext, allocation: str) -> int:
     return round(s * sum(context.numel(n) for n in context.names))
 
 
-def resolve_min_keep(min_keep: int | float | None, total: int) -> int:
-    """``min_keep`` as a count: an int is a count, a float in (0, 1) a fraction of all targets."""
+def resolve_min_keep(min_keep: int | float | None, numel: int) -> int:
+    """``min_keep`` for one layer of ``numel`` weights: an int is a count; a float in (0, 1) is a
+    fraction of the layer, rounded up so that a positive fraction always keeps at least one."""
     if min_keep is None:
         return 0
     if isinstance(min_keep, bool) or not isinstance(min_keep, (int, float)):
@@ -228,18 +229,21 @@ def resolve_min_keep(min_keep: int | float | None, total: int) -> int:
     if isinstance(min_keep, float):
         if not 0.0 <= min_keep < 1.0:
             raise ValueError(f"min_keep: a fraction must be in [0, 1), got {min_keep}")
-        return math.ceil(min_keep * total)
+        return min(numel, math.ceil(min_keep * numel))
     if min_keep < 0:
         raise ValueError(f"min_keep: expected a count >= 0, got {min_keep}")
-    return min_keep
+    return min(numel, min_keep)
 
 
 def global_with_min_keep(
-    context: AllocationContext, scores: Scores, k: int, min_keep: int
+    context: AllocationContext, scores: Scores, k: int, min_keep: int | float, at_least: int = 0
 ) -> dict[str, Tensor]:
-    """One threshold over all layers; any layer left with fewer than ``min_keep`` weights keeps its
-    ``min_keep`` best instead, and the other layers absorb the difference."""
+    """One threshold over all layers; any layer left with fewer than its minimum (``min_keep``
+    resolved per layer, and at least ``at_least``) keeps its best that many instead, and the other
+    layers absorb the difference."""
     names = context.names
+    floor = {n: max(at_least, resolve_min_keep(min_keep, scores.numel(n))) for n in names}
+    floor = {n: min(f, scores.numel(n)) for n, f in floor.items()}
     fixed: dict[str, Tensor] = {}
     while True:
         free = [n for n in names if n not in fixed]
@@ -248,16 +252,15 @@ def global_with_min_keep(
         if not free or k_free > capacity:
             raise ValueError(
                 f"sparsity: {context.sparsity} is out of reach while every layer keeps at least "
-                f"{min_keep} weights"
+                f"min_keep={min_keep} weights"
             )
         masks = keep_masks_lowest_pruned(scores, free, k_free, context.existing, seed=context.seed)
-        short = [n for n in free if int(masks[n].sum()) < min(min_keep, scores.numel(n))]
+        short = [n for n in free if int(masks[n].sum()) < floor[n]]
         if not short:
             masks.update(fixed)
             return {n: masks[n] for n in names}
         for n in short:
-            keep = min(min_keep, scores.numel(n))
-            k_layer = max(scores.numel(n) - keep, context.already_pruned(n))
+            k_layer = max(scores.numel(n) - floor[n], context.already_pruned(n))
             fixed.update(
                 keep_masks_lowest_pruned(scores, [n], k_layer, context.existing, seed=context.seed)
             )
@@ -267,10 +270,9 @@ def global_with_min_keep(
 def global_(context: AllocationContext) -> dict[str, Tensor]:
     """One threshold over all target layers (optionally with ``min_keep`` per layer)."""
     k = _global_k(context, "global")
-    total = sum(context.numel(n) for n in context.names)
-    min_keep = resolve_min_keep(context.min_keep, total)
-    if min_keep:
-        return global_with_min_keep(context, context.scores, k, min_keep)
+    if context.min_keep:
+        resolve_min_keep(context.min_keep, 1)  # validate early
+        return global_with_min_keep(context, context.scores, k, context.min_keep)
     return keep_masks_lowest_pruned(
         context.scores, context.names, k, context.existing, seed=context.seed
     )
@@ -278,11 +280,10 @@ def global_(context: AllocationContext) -> dict[str, Tensor]:
 
 @ALLOCATIONS.register("global_min_keep")
 def global_min_keep(context: AllocationContext) -> dict[str, Tensor]:
-    """Global MP's minimum threshold: global, every layer keeps >= min_keep (default 0.05% of all)."""
+    """Global MP's minimum threshold: every layer keeps >= min_keep (default 0.05% of each layer)."""
     k = _global_k(context, "global_min_keep")
-    total = sum(context.numel(n) for n in context.names)
-    min_keep = resolve_min_keep(0.0005 if context.min_keep is None else context.min_keep, total)
-    return global_with_min_keep(context, context.scores, k, max(1, min_keep))
+    min_keep = 0.0005 if context.min_keep is None else context.min_keep
+    return global_with_min_keep(context, context.scores, k, min_keep, at_least=1)
 
 
 def lamp_scores(scores: Tensor, existing: Tensor | None = None) -> Tensor:
@@ -306,14 +307,21 @@ def lamp(context: AllocationContext) -> dict[str, Tensor]:
     """Layer-adaptive magnitude pruning: layer-normalised scores, one global threshold."""
     k = _global_k(context, "lamp")
     normalised = TensorScores(
-        {n: lamp_scores(context.scores.full(n), context.existing.get(n)) for n in context.names}
+        {
+            n: lamp_scores(_finite(n, context.scores.full(n)), context.existing.get(n))
+            for n in context.names
+        }
     )
-    total = sum(context.numel(n) for n in context.names)
-    min_keep = max(1, resolve_min_keep(context.min_keep, total))
-    return global_with_min_keep(context, normalised, k, min_keep)
+    return global_with_min_keep(context, normalised, k, context.min_keep or 0, at_least=1)
 
 
 # --------------------------------------------------------------------------- structured patterns
+
+
+def _finite(name: str, scores: Tensor) -> Tensor:
+    if not torch.isfinite(scores).all():
+        raise NonFiniteScoreError(name)
+    return scores
 
 
 def _rows(tensor: Tensor) -> Tensor:
@@ -338,10 +346,7 @@ def per_row(context: AllocationContext) -> dict[str, Tensor]:
     masks = {}
     for name in context.names:
         score = context.scores.full(name)
-        if not torch.isfinite(score).all():
-            from prunekit.selection import NonFiniteScoreError
-
-            raise NonFiniteScoreError(name)
+        _finite(name, score)
         cols = score[0].numel() if score.dim() > 1 else 1
         k = torch.full((score.shape[0],), round(s * cols), dtype=torch.long, device=score.device)
         existing = context.existing.get(name)
@@ -362,10 +367,7 @@ def nm_masks(context: AllocationContext, n: int, m: int) -> dict[str, Tensor]:
                 f"allocation: {n}:{m} needs the input size of {name!r} to be a multiple of {m}, "
                 f"got {size}"
             )
-        if not torch.isfinite(score).all():
-            from prunekit.selection import NonFiniteScoreError
-
-            raise NonFiniteScoreError(name)
+        _finite(name, score)
         # Move the input dimension last so that each group is M consecutive input channels.
         moved = score.double().movedim(1, -1)
         groups = moved.reshape(-1, m)

@@ -78,7 +78,9 @@ def _prepare(
         for name, param in params.items():
             if not torch.isfinite(param.detach()).all():
                 raise ValueError(f"model: weights of {name!r} contain NaN or inf")
-    scores = criterion.scores(model, params, data=data, seed=seed)
+    # Iterative criteria (SynFlow) prune inside and must know how far to go.
+    extra = {"sparsity": sparsity, "masks": existing} if criterion.target_aware else {}
+    scores = criterion.scores(model, params, data=data, seed=seed, **extra)
     context = AllocationContext(scores, sparsity, existing, min_keep=min_keep, seed=seed)
     return params, context, allocation
 
@@ -134,8 +136,8 @@ def prune(
             ``"global_min_keep"``, ``"per_row"`` or an ``"N:M"`` pattern such as ``"2:4"``.
         targets: which weights may be pruned (default: Linear / Conv / ConvTranspose weights).
         masks: masks of an earlier round; pruned entries stay pruned (masks only shrink).
-        min_keep: with ``global``: weights every layer keeps (int count, or float fraction of all
-            target weights).
+        min_keep: with ``global``, ``global_min_keep`` or ``lamp``: weights every layer keeps
+            (an int count, or a float fraction of each layer, rounded up).
         data: batches for data-driven criteria.
         seed: seeds random criteria and the threshold sample (results are deterministic).
         criterion_options: keyword options for the criterion.

@@ -32,8 +32,12 @@ class Scores:
         """The whole score tensor of one parameter (same shape as the parameter)."""
         raise NotImplementedError
 
-    def chunk(self, name: str, start: int, stop: int) -> Tensor:
-        """Scores of the flattened parameter between ``start`` and ``stop``."""
+    def chunk(self, name: str, start: int, stop: int, out: Tensor | None = None) -> Tensor:
+        """Scores of the flattened parameter between ``start`` and ``stop``.
+
+        ``out`` is an optional buffer of the same length the implementation may write into; the
+        caller must not keep the result past its next call with that buffer.
+        """
         return self.full(name).reshape(-1)[start:stop]
 
     def gather(self, name: str, flat_index: Tensor) -> Tensor:
@@ -58,11 +62,21 @@ class TensorScores(Scores):
 
 
 class ElementwiseScores(Scores):
-    """Scores computed on demand as ``fn(weights)``, chunk by chunk; nothing is stored."""
+    """Scores computed on demand as ``fn(weights)``, chunk by chunk; nothing is stored.
 
-    def __init__(self, params: Mapping[str, Tensor], fn: Callable[[Tensor], Tensor]) -> None:
+    Set ``supports_out`` when ``fn`` accepts an ``out=`` tensor (as ``torch.abs`` does), so that
+    chunks reuse one buffer instead of allocating.
+    """
+
+    def __init__(
+        self,
+        params: Mapping[str, Tensor],
+        fn: Callable[..., Tensor],
+        supports_out: bool = False,
+    ) -> None:
         self._params = dict(params)
         self._fn = fn
+        self._supports_out = supports_out
 
     def names(self) -> list[str]:
         return list(self._params)
@@ -76,8 +90,11 @@ class ElementwiseScores(Scores):
     def full(self, name: str) -> Tensor:
         return self._fn(self._params[name].detach())
 
-    def chunk(self, name: str, start: int, stop: int) -> Tensor:
-        return self._fn(self._params[name].detach().reshape(-1)[start:stop])
+    def chunk(self, name: str, start: int, stop: int, out: Tensor | None = None) -> Tensor:
+        weights = self._params[name].detach().reshape(-1)[start:stop]
+        if self._supports_out and out is not None and out.numel() == weights.numel():
+            return self._fn(weights, out=out)
+        return self._fn(weights)
 
     def gather(self, name: str, flat_index: Tensor) -> Tensor:
         return self._fn(self._params[name].detach().reshape(-1)[flat_index])

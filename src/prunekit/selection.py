@@ -32,7 +32,7 @@ class NonFiniteScoreError(ValueError):
 def _check_finite(name: str, chunk: Tensor) -> None:
     # A sum is a cheap screen: NaN or inf anywhere makes it non-finite. Confirm exactly, since a
     # sum of large finite values can overflow too.
-    if not torch.isfinite(chunk.sum(dtype=torch.float64)) and not bool(torch.isfinite(chunk).all()):
+    if not torch.isfinite(chunk.sum()) and not bool(torch.isfinite(chunk).all()):
         raise NonFiniteScoreError(name)
 
 
@@ -41,12 +41,12 @@ def _bounds(samples: Tensor, q: float) -> tuple[float, float]:
     m = samples.numel()
     if m == 0:
         return -math.inf, math.inf
-    sorted_samples = samples.sort().values
     delta = 6.0 * math.sqrt(max(q * (1.0 - q), 1.0 / m) / m) + 2.0 / m
     lo_index = math.floor((q - delta) * m)
     hi_index = math.ceil((q + delta) * m)
-    lo = float(sorted_samples[lo_index]) if lo_index >= 0 else -math.inf
-    hi = float(sorted_samples[hi_index]) if hi_index < m else math.inf
+    # k-th value selections (linear time) instead of sorting the sample
+    lo = float(samples.kthvalue(lo_index + 1).values) if lo_index >= 0 else -math.inf
+    hi = float(samples.kthvalue(hi_index + 1).values) if hi_index < m else math.inf
     return lo, hi
 
 
@@ -73,38 +73,123 @@ def _sample(
     return torch.cat(parts)
 
 
+def _free(existing: Mapping[str, Tensor], name: str, start: int, stop: int) -> Tensor | None:
+    mask = existing.get(name)
+    return None if mask is None else mask.reshape(-1)[start:stop]
+
+
+def _chunks(scores: Scores, name: str):
+    """(start, stop, scores) over one parameter; the score buffer is reused between chunks."""
+    numel = scores.numel(name)
+    buffer = None
+    for start in range(0, numel, CHUNK):
+        stop = min(start + CHUNK, numel)
+        chunk = scores.chunk(name, start, stop, out=buffer)
+        if stop - start == CHUNK:
+            buffer = chunk
+        yield start, stop, chunk
+
+
 def _counting_pass(
     scores: Scores,
     names: Sequence[str],
     existing: Mapping[str, Tensor],
     lo: float,
     hi: float,
-    device_masks: dict[str, Tensor],
+    masks: dict[str, Tensor],
 ) -> tuple[int, list[tuple[str, Tensor, Tensor]]]:
-    """Write keep = score >= lo into the masks; count entries below lo; collect [lo, hi] entries."""
-    below = 0
+    """Write keep = score > lo into the masks; count free entries <= lo; collect (lo, hi) entries."""
+    at_or_below = 0
     candidates: list[tuple[str, Tensor, Tensor]] = []
     for name in names:
-        numel = scores.numel(name)
-        flat_mask = device_masks[name].reshape(-1)
-        flat_existing = existing[name].reshape(-1) if name in existing else None
-        for start in range(0, numel, CHUNK):
-            stop = min(start + CHUNK, numel)
-            chunk = scores.chunk(name, start, stop)
+        flat_mask = masks[name].reshape(-1)
+        for start, stop, chunk in _chunks(scores, name):
             _check_finite(name, chunk)
             keep = flat_mask[start:stop]
-            torch.ge(chunk, lo, out=keep)
-            if flat_existing is not None:
-                keep &= flat_existing[start:stop]
-                below += int(flat_existing[start:stop].sum()) - int(keep.sum())
+            torch.gt(chunk, lo, out=keep)
+            free = _free(existing, name, start, stop)
+            if free is not None:
+                keep &= free
+                at_or_below += int(torch.count_nonzero(free)) - int(torch.count_nonzero(keep))
             else:
-                below += (stop - start) - int(keep.sum())
-            in_band = chunk <= hi
-            in_band &= keep
-            index = in_band.nonzero().squeeze(1)
+                at_or_below += (stop - start) - int(torch.count_nonzero(keep))
+            band = chunk < hi
+            band &= keep
+            index = band.nonzero().squeeze(1)
             if index.numel():
                 candidates.append((name, (index + start).cpu(), chunk[index].float().cpu()))
-    return below, candidates
+    return at_or_below, candidates
+
+
+def _count_equal(
+    scores: Scores, names: Sequence[str], existing: Mapping[str, Tensor], value: float
+) -> tuple[int, int]:
+    """Free entries strictly below ``value`` and equal to it."""
+    below = equal = 0
+    for name in names:
+        for start, stop, chunk in _chunks(scores, name):
+            free = _free(existing, name, start, stop)
+            lt, eq = chunk < value, chunk == value
+            if free is not None:
+                lt &= free
+                eq &= free
+            below += int(torch.count_nonzero(lt))
+            equal += int(torch.count_nonzero(eq))
+    return below, equal
+
+
+def _assign_ties(
+    scores: Scores,
+    names: Sequence[str],
+    existing: Mapping[str, Tensor],
+    value: float,
+    n_pruned: int,
+    masks: dict[str, Tensor],
+) -> None:
+    """Among free entries equal to ``value``, prune the first ``n_pruned`` (layer, index) and keep
+    the rest. Works with masked fills, not index lists, since ties can number in the millions."""
+    for name in names:
+        flat_mask = masks[name].reshape(-1)
+        for start, stop, chunk in _chunks(scores, name):
+            eq = chunk == value
+            free = _free(existing, name, start, stop)
+            if free is not None:
+                eq &= free
+            keep = flat_mask[start:stop]
+            count = int(torch.count_nonzero(eq))
+            if n_pruned >= count:
+                keep.masked_fill_(eq, False)
+            elif n_pruned == 0:
+                keep |= eq
+            else:
+                cut = int(eq.nonzero()[n_pruned - 1]) + 1  # just after the last tie to prune
+                keep[:cut].masked_fill_(eq[:cut], False)
+                keep[cut:] |= eq[cut:]
+            n_pruned -= min(n_pruned, count)
+
+
+def _prune_candidates(candidates: list[tuple[str, Tensor, Tensor]], count: int, masks) -> None:
+    """Prune the ``count`` lowest candidates; equal values go in (layer, index) order.
+
+    A k-th value selection plus one comparison replaces a full sort of the candidates.
+    """
+    if count <= 0:
+        return
+    values = torch.cat([c[2] for c in candidates])
+    if count < values.numel():
+        threshold = values.kthvalue(count).values
+        chosen = values < threshold
+        ties_needed = count - int(chosen.sum())
+        ties = (values == threshold).nonzero().squeeze(1)[:ties_needed]
+        chosen[ties] = True
+    else:
+        chosen = torch.ones_like(values, dtype=torch.bool)
+    offset = 0
+    for name, index, _ in candidates:
+        picked = index[chosen[offset : offset + index.numel()]]
+        offset += index.numel()
+        if picked.numel():
+            masks[name].view(-1)[picked.to(masks[name].device)] = False
 
 
 def keep_masks_lowest_pruned(
@@ -133,42 +218,42 @@ def keep_masks_lowest_pruned(
         raise ValueError(
             f"{already} entries are already pruned, more than the {k} asked for: masks never grow"
         )
-    device = {n: scores.device(n) for n in names}
-    masks = {n: torch.empty(scores.shape(n), dtype=torch.bool, device=device[n]) for n in names}
+    masks = {
+        n: torch.empty(scores.shape(n), dtype=torch.bool, device=scores.device(n)) for n in names
+    }
     free = total - already
     remaining = k - already
     if remaining == 0 or remaining == free:
         for n in names:
+            for _, _, chunk in _chunks(scores, n):  # still reject non-finite scores
+                _check_finite(n, chunk)
             base = existing[n].clone() if n in existing else torch.ones_like(masks[n])
             masks[n] = base if remaining == 0 else torch.zeros_like(masks[n])
-            for start in range(0, scores.numel(n), CHUNK):  # still reject non-finite scores
-                _check_finite(n, scores.chunk(n, start, min(start + CHUNK, scores.numel(n))))
         return masks
 
     generator = torch.Generator().manual_seed(seed)
     lo, hi = _bounds(_sample(scores, names, existing, generator), remaining / free)
     for _attempt in range(3):
-        below, candidates = _counting_pass(scores, names, existing, lo, hi, masks)
-        n_candidates = sum(c[1].numel() for c in candidates)
-        need = remaining - below
+        at_or_below, candidates = _counting_pass(scores, names, existing, lo, hi, masks)
+        n_between = sum(c[1].numel() for c in candidates)
+        need = remaining - at_or_below
+        if 0 <= need <= n_between:
+            _prune_candidates(candidates, need, masks)
+            return masks
         if need < 0:
-            lo = -math.inf  # the sample overshot: widen downwards and count again
+            # Too many at or below lo: either lo is tied many times (e.g. exact zeros) or the
+            # sample overshot.
+            below, equal = _count_equal(scores, names, existing, lo)
+            if below <= remaining <= below + equal:
+                _assign_ties(scores, names, existing, lo, remaining - below, masks)
+                return masks
+            lo = -math.inf
             continue
-        if need > n_candidates:
-            hi = math.inf
-            continue
-        if need:
-            values = torch.cat([c[2] for c in candidates])
-            order = values.sort(stable=True).indices[:need]
-            owner = torch.cat(
-                [torch.full((c[1].numel(),), i, dtype=torch.long) for i, c in enumerate(candidates)]
-            )
-            flat_index = torch.cat([c[1] for c in candidates])
-            chosen_owner = owner[order]
-            chosen_index = flat_index[order]
-            for i, (name, _, _) in enumerate(candidates):
-                picked = chosen_index[chosen_owner == i]
-                if picked.numel():
-                    masks[name].view(-1)[picked.to(masks[name].device)] = False
-        return masks
+        # Too few below hi: hi may be tied many times, or the sample undershot.
+        below, equal = _count_equal(scores, names, existing, hi)
+        if below <= remaining <= below + equal:
+            _prune_candidates(candidates, n_between, masks)
+            _assign_ties(scores, names, existing, hi, remaining - below, masks)
+            return masks
+        hi = math.inf
     raise RuntimeError("threshold selection did not converge")  # unreachable: bounds widen to inf

@@ -6,8 +6,12 @@ import argparse
 
 from prunekit.allocation import ALLOCATIONS
 from prunekit.criteria import CRITERIA
+from prunekit.data import DATASETS
+from prunekit.frank_wolfe.constraints import CONSTRAINTS
 from prunekit.models import MODELS
 from prunekit.report import format_table
+from prunekit.schedules import SCHEDULES
+from prunekit.training.lr import RETRAIN_SCHEDULES
 
 
 def registries() -> dict[str, dict[str, str]]:
@@ -25,7 +29,12 @@ def registries() -> dict[str, dict[str, str]]:
     return sections
 
 
-EXTRA_REGISTRIES: dict = {}
+EXTRA_REGISTRIES: dict = {
+    "schedules": SCHEDULES,
+    "retraining": RETRAIN_SCHEDULES,
+    "datasets": DATASETS,
+    "constraints": CONSTRAINTS,
+}
 
 
 def run(args: argparse.Namespace) -> int:

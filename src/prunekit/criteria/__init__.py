@@ -22,10 +22,14 @@ class Criterion:
         requires_data: the criterion needs ``data`` (an iterable of ``(inputs, targets)`` batches).
         elementwise_of_weights: the scores are a function of each weight alone, so a non-finite
             score always means a non-finite weight (lets ``prune`` skip a separate check).
+        target_aware: :meth:`scores` also takes ``sparsity=`` (the target) and ``masks=`` (earlier
+            keep-masks by name); ``prune`` passes them. For criteria that prune iteratively
+            inside (SynFlow), whose scores depend on how far pruning goes.
     """
 
     requires_data: bool = False
     elementwise_of_weights: bool = False
+    target_aware: bool = False
 
     def __init__(self, **options: Any) -> None:
         if options:
@@ -63,3 +67,5 @@ def list_methods() -> list[str]:
 
 
 from prunekit.criteria import basic as _basic  # noqa: E402,F401  (registers the built-ins)
+from prunekit.criteria import gradient as _gradient  # noqa: E402,F401
+from prunekit.criteria import synflow as _synflow  # noqa: E402,F401

@@ -16,7 +16,7 @@ class Magnitude(Criterion):
     elementwise_of_weights = True
 
     def scores(self, model, params, *, data=None, seed=0) -> Scores:
-        return ElementwiseScores(params, torch.abs)
+        return ElementwiseScores(params, torch.abs, supports_out=True)
 
 
 @register_criterion("random")

@@ -1,0 +1,1 @@
+"""Experiments: typed configs, a resumable runner, a results database and reports."""

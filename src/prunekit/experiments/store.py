@@ -1,0 +1,117 @@
+"""The results database: one SQLite file (WAL mode) at the output root, one row per run.
+
+Parallel sweep workers may write at once: every write is one short transaction with a busy timeout,
+so concurrent writers wait instead of failing and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    config_hash TEXT NOT NULL,
+    name TEXT,
+    status TEXT NOT NULL,
+    config TEXT NOT NULL,
+    metrics TEXT,
+    run_dir TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_hash ON runs(config_hash);
+"""
+
+
+class ResultsStore:
+    """Records runs (config, hash, status, metrics) in ``<root>/results.sqlite``."""
+
+    def __init__(self, root: str | os.PathLike[str], timeout: float = 60.0) -> None:
+        self.path = Path(root) / "results.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.timeout = timeout
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        try:
+            db.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            yield db
+        finally:
+            db.close()
+
+    def record(
+        self,
+        run_id: str,
+        config_hash: str,
+        config: dict[str, Any],
+        status: str,
+        metrics: dict[str, Any] | None = None,
+        run_dir: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        """Insert or update one run (one transaction)."""
+        now = time.time()
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                """INSERT INTO runs (run_id, config_hash, name, status, config, metrics, run_dir, created, updated)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(run_id) DO UPDATE SET status=excluded.status,
+                       metrics=COALESCE(excluded.metrics, runs.metrics), run_dir=excluded.run_dir,
+                       name=COALESCE(excluded.name, runs.name), updated=excluded.updated""",
+                (
+                    run_id,
+                    config_hash,
+                    name,
+                    status,
+                    json.dumps(config, sort_keys=True),
+                    json.dumps(metrics, sort_keys=True) if metrics is not None else None,
+                    run_dir,
+                    now,
+                    now,
+                ),
+            )
+            db.execute("COMMIT")
+
+    def runs(self, status: str | None = None) -> list[dict[str, Any]]:
+        """All runs (optionally with one status), oldest first, configs and metrics decoded."""
+        query = "SELECT run_id, config_hash, name, status, config, metrics, run_dir, created, updated FROM runs"
+        args: tuple = ()
+        if status is not None:
+            query += " WHERE status = ?"
+            args = (status,)
+        with self._connect() as db:
+            rows = db.execute(query + " ORDER BY created, run_id", args).fetchall()
+        keys = [
+            "run_id",
+            "config_hash",
+            "name",
+            "status",
+            "config",
+            "metrics",
+            "run_dir",
+            "created",
+            "updated",
+        ]
+        out = []
+        for row in rows:
+            item = dict(zip(keys, row))
+            item["config"] = json.loads(item["config"])
+            item["metrics"] = json.loads(item["metrics"]) if item["metrics"] else None
+            out.append(item)
+        return out
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        return next((r for r in self.runs() if r["run_id"] == run_id), None)

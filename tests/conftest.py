@@ -1,0 +1,61 @@
+"""Shared toy models and fixtures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+class ToyCNN(nn.Module):
+    """Conv2d, Conv1d-free CNN with a ConvTranspose and a Linear head: every default target type."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.up = nn.ConvTranspose2d(16, 8, 2, stride=2)
+        self.head = nn.Linear(8 * 16 * 16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv1(x)))
+        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.head(torch.relu(self.up(x)).flatten(1))
+
+
+def toy_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(32, 64),
+        nn.ReLU(),
+        nn.Linear(64, 128),
+        nn.ReLU(),
+        nn.Linear(128, 16),
+        nn.ReLU(),
+        nn.Linear(16, 4),
+    )
+
+
+def toy_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return ToyCNN()
+
+
+MODEL_FACTORIES = {"mlp": toy_mlp, "cnn": toy_cnn}
+INPUTS = {"mlp": lambda: torch.randn(8, 32), "cnn": lambda: torch.randn(2, 8, 16, 16)}
+
+
+@pytest.fixture(params=sorted(MODEL_FACTORIES))
+def model_and_input(request):
+    return MODEL_FACTORIES[request.param](), INPUTS[request.param]()
+
+
+@pytest.fixture
+def mlp() -> nn.Module:
+    return toy_mlp()
+
+
+@pytest.fixture
+def cnn() -> nn.Module:
+    return toy_cnn()
