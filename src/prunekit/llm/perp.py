@@ -226,15 +226,20 @@ def _autocast(device: torch.device, amp: str | None) -> tuple[Any, torch.dtype |
 @contextlib.contextmanager
 def _checkpointed_blocks(model: nn.Module, blocks: Sequence[nn.Module]) -> Iterator[str]:
     """Activation checkpointing: HF's own when available, else torch.utils.checkpoint per block."""
-    enable = getattr(model, "gradient_checkpointing_enable", None)
+    # transformers >= 5 renamed gradient_checkpointing_* to activation_checkpointing_*.
+    prefix = "activation" if hasattr(model, "activation_checkpointing_enable") else "gradient"
+    enable = getattr(model, f"{prefix}_checkpointing_enable", None)
     if callable(enable) and getattr(model, "supports_gradient_checkpointing", False):
-        was = bool(getattr(model, "is_gradient_checkpointing", False))
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        was = bool(getattr(model, f"is_{prefix}_checkpointing", False))
+        try:
+            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        except TypeError:
+            enable()
         try:
             yield "transformers"
         finally:
             if not was:
-                model.gradient_checkpointing_disable()
+                getattr(model, f"{prefix}_checkpointing_disable")()
         return
     from torch.utils.checkpoint import checkpoint
 
