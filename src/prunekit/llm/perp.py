@@ -348,6 +348,7 @@ def perp_retrain(
     context = chosen_adapter.context_length(model)
     seqlen = seqlen or default_seqlen(context)
     windows = _token_windows(data, tokenizer, steps * batch_size, seqlen, seed)
+    grad_flags = {id(p): p.requires_grad for p in model.parameters()}
     selection = select_trainable(
         model,
         params,
@@ -422,8 +423,8 @@ def perp_retrain(
                 "no longer sparse (use masklora or scalelora to keep the sparsity)",
                 stacklevel=2,
             )
-    for p in model.parameters():
-        p.requires_grad_(True)
+    for p in model.parameters():  # as before (merged-away adapter parameters are gone)
+        p.requires_grad_(grad_flags.get(id(p), True))
     if masks is not None and handle is not None:
         masks.apply(model)
     k = max(1, min(len(losses) // 10, 50))
