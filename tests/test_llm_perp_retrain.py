@@ -155,3 +155,29 @@ def test_bad_arguments() -> None:
         perp_retrain(model, masks, IDS, "weights", steps=2, progress=False)
     with pytest.raises(ValueError, match="amp"):
         perp_retrain(model, masks, IDS, "norms", steps=2, seqlen=32, amp="fp8", progress=False)
+
+
+def test_bf16_autocast_on_cpu_keeps_sparsity() -> None:
+    model, masks = _pruned_gpt()
+    report = perp_retrain(
+        model, masks, IDS, "norms,scalelora", steps=3, batch_size=2, seqlen=32, amp="bf16",
+        progress=False,
+    )  # fmt: skip
+    assert report["amp"] == "bfloat16"
+    named = dict(model.named_parameters())
+    for name, keep in masks.items():
+        assert torch.equal(named[name] != 0, keep)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_auto_mixed_precision_and_peak_memory() -> None:
+    model, masks = _pruned_gpt()
+    report = perp_retrain(
+        model, masks.to("cuda"), IDS, "biases,norms,masklora", steps=3, batch_size=2,
+        seqlen=32, device="cuda", progress=False,
+    )  # fmt: skip
+    assert report["amp"] in ("bfloat16", "float16")
+    assert report["peak_memory_bytes"] > 0
+    named = dict(model.named_parameters())
+    for name, keep in masks.items():
+        assert torch.equal(named[name].cpu() != 0, keep)
