@@ -6,6 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
+from prunekit.commands._perp_options import (
+    add_perp_arguments,
+    reconstruct_from_args,
+    retrain_from_args,
+)
+
 EXAMPLE = """example:
   prunekit prune-llm ./opt-125m --method sparsegpt --sparsity 0.5 --calib calib.txt \\
       --out ./opt-125m-sparse --eval wiki.test.txt
@@ -57,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-seqlen", type=int, default=None)
     p.add_argument("--eval-windows", type=int, default=None, help="cap on evaluation windows")
     p.add_argument("--no-progress", action="store_true")
+    add_perp_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -95,36 +102,44 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.eval:
         ppl_before = perplexity(model, args.eval, **eval_kw)
-    masks, report = prune_llm(
-        model,
-        args.method,
-        args.sparsity,
-        args.pattern,
-        _calibration(args.calib),
-        tokenizer=text_tokenizer,
-        nsamples=args.nsamples,
-        seqlen=args.seqlen,
-        batch_size=args.batch_size,
-        owl=args.owl,
-        owl_m=args.owl_m,
-        owl_lambda=args.owl_lambda,
-        include=args.include,
-        exclude=args.exclude,
-        true_sequential=args.true_sequential,
-        magnitude_scope=args.magnitude_scope,
-        blocksize=args.blocksize,
-        percdamp=args.percdamp,
-        device=args.device,
-        offload=args.offload,
-        adapter=args.adapter,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
+    if args.reconstruct:
+        masks, report = reconstruct_from_args(model, args, _calibration(args.calib), text_tokenizer)
+    else:
+        masks, report = prune_llm(
+            model,
+            args.method,
+            args.sparsity,
+            args.pattern,
+            _calibration(args.calib),
+            tokenizer=text_tokenizer,
+            nsamples=args.nsamples,
+            seqlen=args.seqlen,
+            batch_size=args.batch_size,
+            owl=args.owl,
+            owl_m=args.owl_m,
+            owl_lambda=args.owl_lambda,
+            include=args.include,
+            exclude=args.exclude,
+            true_sequential=args.true_sequential,
+            magnitude_scope=args.magnitude_scope,
+            blocksize=args.blocksize,
+            percdamp=args.percdamp,
+            device=args.device,
+            offload=args.offload,
+            adapter=args.adapter,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
     if args.eval:
         report["perplexity"] = {
             "dense": ppl_before,
             "pruned": perplexity(model, args.eval, **eval_kw),
         }
+    if args.retrain == "perp":
+        data = _calibration(args.retrain_data) if args.retrain_data else _calibration(args.calib)
+        report["perp"] = retrain_from_args(model, masks, args, data, text_tokenizer)
+        if args.eval:
+            report["perplexity"]["retrained"] = perplexity(model, args.eval, **eval_kw)
     out = save_pruned(model, args.out, masks, report, tokenizer)
     summary = {
         "method": report["method"],
@@ -136,5 +151,7 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.eval:
         summary["perplexity"] = report["perplexity"]
+    if "perp" in report:
+        summary["perp_trainable_fraction"] = report["perp"]["fraction"]
     print(json.dumps(summary, indent=2))
     return 0
