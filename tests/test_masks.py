@@ -160,3 +160,40 @@ def test_compressed_export_round_trip_and_size(tmp_path):
         assert torch.equal(a, b), name
     # at 90% sparsity the file is about 15% of the dense fp32 file
     assert path.stat().st_size < 0.17 * dense_path.stat().st_size
+
+
+class _CustomSGD(torch.optim.SGD):
+    """A subclass: not trusted to keep zeros from masked gradients, so zeroed after each step."""
+
+
+ALL_OPTIMIZERS = {
+    "SGD-nesterov": lambda p: torch.optim.SGD(
+        p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3
+    ),
+    "Adam-amsgrad": lambda p: torch.optim.Adam(p, lr=1e-2, amsgrad=True, weight_decay=1e-3),
+    "AdamW": lambda p: torch.optim.AdamW(p, lr=1e-2),
+    "Adamax": lambda p: torch.optim.Adamax(p, lr=1e-2),
+    "NAdam": lambda p: torch.optim.NAdam(p, lr=1e-2),
+    "RAdam": lambda p: torch.optim.RAdam(p, lr=1e-2),
+    "RMSprop": lambda p: torch.optim.RMSprop(p, lr=1e-3, momentum=0.5, weight_decay=1e-3),
+    "Adagrad": lambda p: torch.optim.Adagrad(p, lr=1e-2),
+    "custom-subclass": lambda p: _CustomSGD(p, lr=0.05, momentum=0.9),
+}
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "bool"])
+@pytest.mark.parametrize("name", sorted(ALL_OPTIMIZERS))
+def test_every_optimizer_keeps_weights_and_state_zero(name, fast):
+    model = toy_mlp()
+    masks = prunekit.prune(model, 0.8)
+    optimizer = ALL_OPTIMIZERS[name](model.parameters())
+    handle = masks.attach(optimizer, model, fast=fast)
+    assert handle.masks_gradients == (name not in ("custom-subclass", "Adamax"))
+    _train(model, INPUTS["mlp"](), optimizer)
+    assert _pruned_are_zero(model, masks)
+    params = dict(model.named_parameters())
+    for pname, mask in masks.items():
+        for key, value in optimizer.state[params[pname]].items():
+            if torch.is_tensor(value) and value.shape == mask.shape:
+                assert bool((value[~mask] == 0).all()), (pname, key)
+    handle.remove()

@@ -41,7 +41,7 @@ class AllocationContext:
 
     def already_pruned(self, name: str) -> int:
         mask = self.existing.get(name)
-        return 0 if mask is None else int((~mask).sum())
+        return 0 if mask is None else mask.numel() - int(torch.count_nonzero(mask))
 
 
 AllocationFn = Callable[[AllocationContext], dict[str, Tensor]]
@@ -247,7 +247,7 @@ def global_with_min_keep(
     fixed: dict[str, Tensor] = {}
     while True:
         free = [n for n in names if n not in fixed]
-        k_free = k - sum(int((~m).sum()) for m in fixed.values())
+        k_free = k - sum(m.numel() - int(torch.count_nonzero(m)) for m in fixed.values())
         capacity = sum(scores.numel(n) for n in free)
         if not free or k_free > capacity:
             raise ValueError(
@@ -255,7 +255,7 @@ def global_with_min_keep(
                 f"min_keep={min_keep} weights"
             )
         masks = keep_masks_lowest_pruned(scores, free, k_free, context.existing, seed=context.seed)
-        short = [n for n in free if int(masks[n].sum()) < floor[n]]
+        short = [n for n in free if int(torch.count_nonzero(masks[n])) < floor[n]]
         if not short:
             masks.update(fixed)
             return {n: masks[n] for n in names}
@@ -390,4 +390,4 @@ def plan_counts(allocation: str, context: AllocationContext) -> dict[str, int]:
     if key in planners:
         return planners[key](context)
     masks = allocate(key, context)
-    return {n: int((~m).sum()) for n, m in masks.items()}
+    return {n: m.numel() - int(torch.count_nonzero(m)) for n, m in masks.items()}

@@ -66,7 +66,7 @@ class MaskSet(MutableMapping[str, Tensor]):
 
     @property
     def num_pruned(self) -> int:
-        return sum(int(m.numel() - m.sum()) for m in self._masks.values())
+        return sum(m.numel() - int(torch.count_nonzero(m)) for m in self._masks.values())
 
     @property
     def sparsity(self) -> float:
@@ -80,7 +80,8 @@ class MaskSet(MutableMapping[str, Tensor]):
 
     def layer_sparsity(self) -> dict[str, float]:
         return {
-            n: float(1.0 - m.float().mean()) if m.numel() else 0.0 for n, m in self._masks.items()
+            n: 1.0 - int(torch.count_nonzero(m)) / m.numel() if m.numel() else 0.0
+            for n, m in self._masks.items()
         }
 
     # ------------------------------------------------------------------ model interplay
@@ -215,13 +216,34 @@ def _zero_pruned(
             _zero_where_pruned(value, masks[name])
 
 
-class MaskEnforcer:
-    """Keeps pruned weights (and their optimizer state) at zero after every optimizer step.
+# Optimizers whose update of an entry is zero when its gradient and state are zero (also with
+# weight decay, momentum, Nesterov, AMSGrad, maximize). Adamax is not among them: its infinity-norm
+# state becomes eps even for zero gradients. Masking the gradient before their step keeps
+# pruned weights and their state exactly zero, at one multiply per tensor instead of one per
+# weight and state tensor after the step.
+GRADIENT_MASKING_SAFE: tuple[type[torch.optim.Optimizer], ...] = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+    torch.optim.RMSprop,
+    torch.optim.Adagrad,
+)
 
-    With ``fast=True`` (default) the enforcer keeps the masks as multipliers in the weights' dtype,
-    so each step costs one fused multiply per tensor: the fastest way to enforce masks, at the
-    price of one extra copy of the masked weights' memory. ``fast=False`` keeps only the boolean
-    masks (1 byte per weight) and is about 2-3x slower per step.
+
+class MaskEnforcer:
+    """Keeps pruned weights and their optimizer state at zero through every optimizer step.
+
+    For PyTorch's standard optimizers (:data:`GRADIENT_MASKING_SAFE`, matched by exact type) the
+    gradients of pruned entries are zeroed just before each step, which keeps the weights and the
+    momentum / Adam moments exactly zero. Any other optimizer (a subclass, a custom update rule)
+    gets the pruned weights and every state tensor shaped like them zeroed right after each step.
+
+    With ``fast=True`` (default) the masks are kept as multipliers in the weights' dtype so that
+    each tensor costs one fused multiply: the fastest way, at the price of one extra copy of the
+    masked weights' memory. ``fast=False`` keeps only the boolean masks (1 byte per weight) and
+    zeroes with masked writes, about 2-3x slower per step.
     """
 
     def __init__(
@@ -238,12 +260,16 @@ class MaskEnforcer:
             {n: m.to(self._params[n].dtype) for n, m in self._keep.items()} if fast else None
         )
         self._optimizer = optimizer
-        self._handle = optimizer.register_step_post_hook(self._after_step)
+        self.masks_gradients = type(optimizer) in GRADIENT_MASKING_SAFE
+        if self.masks_gradients:
+            self._handle = optimizer.register_step_pre_hook(self._before_step)
+        else:
+            self._handle = optimizer.register_step_post_hook(self._after_step)
         self.enforce()
 
     @torch.no_grad()
     def enforce(self) -> None:
-        """Zero pruned weights and state now (runs automatically after every step)."""
+        """Zero pruned weights and their optimizer state now."""
         if self._multipliers is None:
             _zero_pruned(self._params, self._keep, self._optimizer)
             return
@@ -256,6 +282,22 @@ class MaskEnforcer:
                 tensors.append(value)
                 factors.append(multiplier)
         torch._foreach_mul_(tensors, factors)
+
+    @torch.no_grad()
+    def mask_gradients(self) -> None:
+        """Zero the gradients of pruned entries (runs before every step of a standard optimizer)."""
+        names = [n for n, p in self._params.items() if p.grad is not None]
+        if not names:
+            return
+        grads = [self._params[n].grad for n in names]
+        if self._multipliers is None:
+            for name, grad in zip(names, grads):
+                _zero_where_pruned(grad, self._keep[name])
+        else:
+            torch._foreach_mul_(grads, [self._multipliers[n] for n in names])
+
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.mask_gradients()
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.enforce()

@@ -101,6 +101,7 @@ def _counting_pass(
     """Write keep = score > lo into the masks; count free entries <= lo; collect (lo, hi) entries."""
     at_or_below = 0
     candidates: list[tuple[str, Tensor, Tensor]] = []
+    band_buffer: Tensor | None = None  # reused: per-chunk temporaries cost page faults
     for name in names:
         flat_mask = masks[name].reshape(-1)
         for start, stop, chunk in _chunks(scores, name):
@@ -113,7 +114,10 @@ def _counting_pass(
                 at_or_below += int(torch.count_nonzero(free)) - int(torch.count_nonzero(keep))
             else:
                 at_or_below += (stop - start) - int(torch.count_nonzero(keep))
-            band = chunk < hi
+            if band_buffer is None or band_buffer.device != chunk.device:
+                band_buffer = torch.empty(CHUNK, dtype=torch.bool, device=chunk.device)
+            band = band_buffer[: stop - start]
+            torch.lt(chunk, hi, out=band)
             band &= keep
             index = band.nonzero().squeeze(1)
             if index.numel():
@@ -179,7 +183,7 @@ def _prune_candidates(candidates: list[tuple[str, Tensor, Tensor]], count: int, 
     if count < values.numel():
         threshold = values.kthvalue(count).values
         chosen = values < threshold
-        ties_needed = count - int(chosen.sum())
+        ties_needed = count - int(torch.count_nonzero(chosen))
         ties = (values == threshold).nonzero().squeeze(1)[:ties_needed]
         chosen[ties] = True
     else:
@@ -211,7 +215,7 @@ def keep_masks_lowest_pruned(
     """
     existing = {n: existing[n] for n in names if existing and n in existing}
     total = sum(scores.numel(n) for n in names)
-    already = sum(int((~existing[n]).sum()) for n in existing)
+    already = sum(existing[n].numel() - int(torch.count_nonzero(existing[n])) for n in existing)
     if not 0 <= k <= total:
         raise ValueError(f"cannot prune {k} of {total} entries")
     if k < already:
