@@ -110,6 +110,31 @@ def _dst_result(
     )
 
 
+def _run_dst(
+    recipe: str,
+    model: nn.Module,
+    data: DatasetBundle,
+    train: TrainSpec,
+    callback: DSTCallback,
+    sparsity: float,
+    config: dict,
+    checkpoint_dir: str | Path | None,
+    checkpoint_every: int | None,
+) -> ExperimentResult:
+    """Train with a dynamic-sparse-training callback over the original schedule, then report."""
+    schedule = original_schedule(train, data)
+    _fit(
+        model,
+        data,
+        train,
+        schedule,
+        callbacks=[callback],
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+    )
+    return _dst_result(recipe, model, data, schedule, callback, sparsity, config)
+
+
 def run_rigl(
     model: nn.Module,
     data: DatasetBundle,
@@ -133,7 +158,6 @@ def run_rigl(
     With ``checkpoint_dir`` the run checkpoints (every ``checkpoint_every`` steps and at the end)
     and resumes from a checkpoint found there.
     """
-    schedule = original_schedule(train, data)
     callback = RigLCallback(
         sparsity,
         t_end_fraction=t_end_fraction,
@@ -143,15 +167,6 @@ def run_rigl(
         targets=targets,
         seed=train.seed,
     )
-    _fit(
-        model,
-        data,
-        train,
-        schedule,
-        callbacks=[callback],
-        checkpoint_dir=checkpoint_dir,
-        checkpoint_every=checkpoint_every,
-    )
     config = _config(
         train=train,
         sparsity=sparsity,
@@ -160,7 +175,9 @@ def run_rigl(
         alpha=alpha,
         t_end_fraction=t_end_fraction,
     )
-    return _dst_result("rigl", model, data, schedule, callback, sparsity, config)
+    return _run_dst(
+        "rigl", model, data, train, callback, sparsity, config, checkpoint_dir, checkpoint_every
+    )
 
 
 def run_granet(
@@ -187,7 +204,6 @@ def run_granet(
     ``sparsity``; every update also drops and regrows ``regrow_fraction`` (cosine-decayed until
     ``t_end_fraction``) of each layer's weights. Checkpointing as for :func:`run_rigl`.
     """
-    schedule = original_schedule(train, data)
     callback = GraNetCallback(
         sparsity,
         initial_sparsity=initial_sparsity,
@@ -200,15 +216,6 @@ def run_granet(
         targets=targets,
         seed=train.seed,
     )
-    _fit(
-        model,
-        data,
-        train,
-        schedule,
-        callbacks=[callback],
-        checkpoint_dir=checkpoint_dir,
-        checkpoint_every=checkpoint_every,
-    )
     config = _config(
         train=train,
         sparsity=sparsity,
@@ -220,7 +227,9 @@ def run_granet(
         prune_end_fraction=prune_end_fraction,
         t_end_fraction=t_end_fraction,
     )
-    return _dst_result("granet", model, data, schedule, callback, sparsity, config)
+    return _run_dst(
+        "granet", model, data, train, callback, sparsity, config, checkpoint_dir, checkpoint_every
+    )
 
 
 class ShuffledBatches:
