@@ -42,6 +42,34 @@ def toy_cnn() -> nn.Module:
     return ToyCNN()
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tests use tiny models, which run fastest on one torch thread (OpenMP spin-waiting makes
+    them many times slower with two threads on a busy 2-core machine); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def toy_bundle(n: int = 120, features: int = 12, classes: int = 3, seed: int = 0):
+    """A linearly separable classification DatasetBundle split 2/3 train, 1/6 val, 1/6 test."""
+    from prunekit.data.base import DatasetBundle, TensorData
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, features, generator=g)
+    data = TensorData(x, (x @ torch.randn(features, classes, generator=g)).argmax(1))
+    train, val = n * 2 // 3, n * 5 // 6
+    return DatasetBundle(
+        "toy",
+        data.subset(torch.arange(train)),
+        data.subset(torch.arange(train, val)),
+        data.subset(torch.arange(val, n)),
+        classes,
+        (features,),
+    )
+
+
 MODEL_FACTORIES = {"mlp": toy_mlp, "cnn": toy_cnn}
 INPUTS = {"mlp": lambda: torch.randn(8, 32), "cnn": lambda: torch.randn(2, 8, 16, 16)}
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
 from torch import nn
 
@@ -47,12 +46,3 @@ def check_equivalent(model: nn.Module, x, ratio=0.5, atol=1e-5, **kwargs) -> nn.
     torch.testing.assert_close(got, want, atol=atol, rtol=1e-4)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
     return small
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models run fastest on one thread, especially on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

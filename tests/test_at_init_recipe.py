@@ -9,31 +9,9 @@ import torch
 from torch import nn
 
 import prunekit
-from prunekit.data import DatasetBundle, TensorData
+from conftest import toy_bundle
 from prunekit.training import TrainSpec
 from prunekit.training.dst_recipes import ShuffledBatches, run_at_init
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _bundle() -> DatasetBundle:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(120, 12, generator=g)
-    data = TensorData(x, (x @ torch.randn(12, 3, generator=g)).argmax(1))
-    return DatasetBundle(
-        "toy",
-        data.subset(torch.arange(80)),
-        data.subset(torch.arange(80, 100)),
-        data.subset(torch.arange(100, 120)),
-        3,
-        (12,),
-    )
 
 
 def _model() -> nn.Module:
@@ -50,7 +28,7 @@ TRAIN = TrainSpec(epochs=2, batch_size=16, lr=0.05, lr_schedule="cosine")
 )
 def test_reported_densities_are_the_masks(method, options):
     model = _model()
-    result = run_at_init(model, _bundle(), TRAIN, method, 0.9, criterion_options=options)
+    result = run_at_init(model, toy_bundle(), TRAIN, method, 0.9, criterion_options=options)
     masks = result.masks
     assert masks.num_pruned == round(0.9 * masks.numel)
     densities = result.details["densities"]
@@ -67,7 +45,7 @@ def test_reported_densities_are_the_masks(method, options):
 def test_the_mask_is_the_criterion_on_the_untrained_network():
     # Scoring happens before any training: the same criterion on a fresh copy, fed the same
     # batches, chooses the same mask.
-    bundle = _bundle()
+    bundle = toy_bundle()
     result = run_at_init(_model(), bundle, TRAIN, "snip", 0.8, num_batches=2)
     batches = ShuffledBatches(bundle.train, TRAIN.batch_size, TRAIN.seed)
     expected = prunekit.compute_masks(
@@ -78,7 +56,7 @@ def test_the_mask_is_the_criterion_on_the_untrained_network():
 
 
 def test_shuffled_batches_cover_the_data_once():
-    data = _bundle().train
+    data = toy_bundle().train
     batches = list(ShuffledBatches(data, 30, seed=1))
     assert [len(b[0]) for b in batches] == [30, 30, 20]
     seen = torch.cat([b[0] for b in batches])

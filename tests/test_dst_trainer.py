@@ -15,14 +15,6 @@ from prunekit.training.dst import GraNetCallback, RigLCallback
 from prunekit.training.dst_recipes import run_granet, run_rigl, run_sap
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _data(n: int = 96) -> TensorData:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 12, generator=g)

@@ -9,35 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit.data import DatasetBundle, TensorData
+from conftest import toy_bundle
 from prunekit.masks import MaskSet
 from prunekit.pqi import pq_index_report, sap_prune_count
 from prunekit.scores import ElementwiseScores
 from prunekit.selection import keep_masks_lowest_pruned
 from prunekit.training import PruneSpec, TrainSpec, run_imp
 from prunekit.training.dst_recipes import run_sap
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _bundle() -> DatasetBundle:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(120, 12, generator=g)
-    data = TensorData(x, (x @ torch.randn(12, 3, generator=g)).argmax(1))
-    return DatasetBundle(
-        "toy",
-        data.subset(torch.arange(80)),
-        data.subset(torch.arange(80, 100)),
-        data.subset(torch.arange(100, 120)),
-        3,
-        (12,),
-    )
 
 
 def _model() -> nn.Module:
@@ -50,7 +28,7 @@ TRAIN = TrainSpec(epochs=1, batch_size=20, lr=0.05, lr_schedule="cosine")
 
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_round_amounts_follow_the_formula(scope):
-    result = run_sap(_model(), _bundle(), TRAIN, rounds=3, scope=scope, retrain_epochs=1)
+    result = run_sap(_model(), toy_bundle(), TRAIN, rounds=3, scope=scope, retrain_epochs=1)
     kept = None
     for entry in result.details["rounds"]:
         amounts = entry["prune"]
@@ -74,7 +52,7 @@ def test_round_amounts_follow_the_formula(scope):
 def test_without_retraining_matches_a_hand_computed_sap():
     model = _model()
     reference = copy.deepcopy(model)
-    result = run_sap(model, _bundle(), TRAIN, rounds=3, retrain_epochs=0, pretrained=True)
+    result = run_sap(model, toy_bundle(), TRAIN, rounds=3, retrain_epochs=0, pretrained=True)
     # By hand: PQ Index -> SAP count -> prune that many smallest magnitudes, three times.
     params = {n: p for n, p in reference.named_parameters() if n.endswith("weight")}
     masks = MaskSet({n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()})
@@ -93,7 +71,9 @@ def test_without_retraining_matches_a_hand_computed_sap():
 
 def test_allr_retraining_runs_and_keeps_masks():
     model = _model()
-    result = run_sap(model, _bundle(), TRAIN, rounds=2, retrain_epochs=1, retrain_schedule="allr")
+    result = run_sap(
+        model, toy_bundle(), TRAIN, rounds=2, retrain_epochs=1, retrain_schedule="allr"
+    )
     params = dict(model.named_parameters())
     for name, mask in result.masks.items():
         assert not params[name][~mask].any()
@@ -103,7 +83,7 @@ def test_allr_retraining_runs_and_keeps_masks():
 def test_imp_logs_pq_index_per_phase():
     model = _model()
     prune = PruneSpec(sparsity=0.8)
-    result = run_imp(model, _bundle(), TRAIN, prune, phases=2, rewind="lr", log_pq_index=True)
+    result = run_imp(model, toy_bundle(), TRAIN, prune, phases=2, rewind="lr", log_pq_index=True)
     log = result.details["pq_index"]
     assert [e["phase"] for e in log] == [0, 1, 2]
     assert log[0]["sparsity"] == 0.0
@@ -112,5 +92,5 @@ def test_imp_logs_pq_index_per_phase():
     assert log[-1]["global"] == final.global_index and log[-1]["layers"] == final.layers
     assert log[-1]["test_top1"] == result.final["test_top1"]
     json.dumps(result.to_dict())
-    plain = run_imp(_model(), _bundle(), TRAIN, prune, phases=2, rewind="lr")
+    plain = run_imp(_model(), toy_bundle(), TRAIN, prune, phases=2, rewind="lr")
     assert plain.details == {}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit.data import DatasetBundle, TensorData
+from conftest import toy_bundle
 from prunekit.frank_wolfe import SFW
 from prunekit.training import PruneSpec, Trainer, TrainSpec
 from prunekit.training.lr import CosineLR
@@ -20,31 +20,7 @@ from prunekit.training.sfw_recipe import (
 )
 from prunekit.training.trainer import Callback
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _bundle() -> DatasetBundle:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(240, 16, generator=g)
-    y = (x @ torch.randn(16, 4, generator=g)).argmax(1)
-    data = TensorData(x, y)
-    return DatasetBundle(
-        "toy",
-        data.subset(torch.arange(160)),
-        data.subset(torch.arange(160, 200)),
-        data.subset(torch.arange(200, 240)),
-        4,
-        (16,),
-    )
-
-
-DATA = _bundle()
+DATA = toy_bundle(240, 16, 4)
 TRAIN = TrainSpec(epochs=2, batch_size=32, lr=0.05, lr_schedule="cosine")
 
 

@@ -20,14 +20,6 @@ from prunekit.training.soups_recipe import TrainerRetrain, run_soups
 from prunekit.training.trainer import Callback
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digits() -> DatasetBundle:
     data = create_dataset("digits", seed=0)

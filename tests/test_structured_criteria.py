@@ -9,7 +9,6 @@ from torch import nn
 import prunekit.structured as st
 from prunekit.metrics import count_macs, count_params
 from prunekit.models import create_model
-from structured_helpers import single_thread  # noqa: F401  (autouse fixture)
 
 
 def _two_layer():

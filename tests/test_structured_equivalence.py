@@ -10,7 +10,6 @@ from torch import nn
 from prunekit.models import create_model
 from structured_helpers import (
     check_equivalent,
-    single_thread,  # noqa: F401  (autouse fixture)
 )
 
 

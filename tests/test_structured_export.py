@@ -7,7 +7,6 @@ import torch
 
 import prunekit.structured as st
 from prunekit.models import create_model
-from structured_helpers import single_thread  # noqa: F401  (autouse fixture)
 
 
 def test_torch_export_of_pruned_resnet():

@@ -8,7 +8,6 @@ from torch import nn
 
 import prunekit.structured as st
 from prunekit.models import create_model
-from structured_helpers import single_thread  # noqa: F401  (autouse fixture)
 
 
 def _group_of(groups, tensor_name, axis=0):

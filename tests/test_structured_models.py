@@ -8,7 +8,6 @@ import torch
 import prunekit.structured as st
 from prunekit.metrics import count_macs, count_params
 from prunekit.models import create_model
-from structured_helpers import single_thread  # noqa: F401  (autouse fixture)
 
 ZOO = [
     ("mlp", {"hidden": (32, 16)}, (2, 64)),

@@ -14,7 +14,6 @@ import torch
 
 import prunekit.structured as st
 from prunekit.models import create_model
-from structured_helpers import single_thread  # noqa: F401  (autouse fixture)
 
 SRC = str(Path(st.__file__).resolve().parents[2])
 

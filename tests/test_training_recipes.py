@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import prunekit
-from prunekit.data import DatasetBundle, TensorData
+from conftest import toy_bundle
 from prunekit.schedules import IMP
 from prunekit.training import (
     PruneSpec,
@@ -26,30 +26,6 @@ from prunekit.training import (
     scratch_iterations,
     shuffle_masks,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train fastest on one thread; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _bundle() -> DatasetBundle:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(120, 12, generator=g)
-    y = (x @ torch.randn(12, 3, generator=g)).argmax(1)
-    data = TensorData(x, y)
-    return DatasetBundle(
-        "toy",
-        data.subset(torch.arange(80)),
-        data.subset(torch.arange(80, 100)),
-        data.subset(torch.arange(100, 120)),
-        3,
-        (12,),
-    )
 
 
 def _model() -> nn.Module:
@@ -69,7 +45,7 @@ def _check_masks_hold(model, masks):
 def test_one_shot():
     model = _model()
     r = run_one_shot(
-        model, _bundle(), TRAIN, PruneSpec(0.75), retrain_epochs=1, retrain_schedule="allr"
+        model, toy_bundle(), TRAIN, PruneSpec(0.75), retrain_epochs=1, retrain_schedule="allr"
     )
     assert [p.sparsity for p in r.phases] == [pytest.approx(0.75, abs=1 / 360)]
     assert r.dense_iterations == 8 and r.retrain_iterations == 4
@@ -83,7 +59,7 @@ def test_imp_phases_follow_the_schedule(rewind):
     model = _model()
     r = run_imp(
         model,
-        _bundle(),
+        toy_bundle(),
         TRAIN,
         PruneSpec(0.875),
         phases=3,
@@ -104,14 +80,14 @@ def test_imp_weight_rewinding_restores_theta_k_for_survivors():
     init = _model().state_dict()
     model = _model()
     spec = TrainSpec(epochs=2, batch_size=20, lr=0.0, lr_schedule="constant", weight_decay=0.0)
-    r = run_imp(model, _bundle(), spec, PruneSpec(0.5), phases=2, rewind="weights")
+    r = run_imp(model, toy_bundle(), spec, PruneSpec(0.5), phases=2, rewind="weights")
     for name, mask in r.masks.items():
         assert torch.equal(model.state_dict()[name], init[name] * mask)
 
 
 def test_bimp_splits_the_budget_and_uses_allr():
     model = _model()
-    r = run_bimp(model, _bundle(), TRAIN, PruneSpec(0.9), phases=3, retrain_epochs=2.5)
+    r = run_bimp(model, toy_bundle(), TRAIN, PruneSpec(0.9), phases=3, retrain_epochs=2.5)
     assert [p.retrain_iterations for p in r.phases] == [3, 3, 4]
     assert all(p.retrain_schedule == "allr" for p in r.phases)
     assert r.config["train"]["lr_schedule"] == "linear"
@@ -122,7 +98,7 @@ def test_gmp_reaches_final_sparsity_monotonically():
     model = _model()
     r = run_gmp(
         model,
-        _bundle(),
+        toy_bundle(),
         TrainSpec(epochs=5, batch_size=20, lr=0.05),
         PruneSpec(0.8),
         start_fraction=0.1,
@@ -164,7 +140,7 @@ def test_controls():
     assert scratch_iterations(100, dense, sparse, "E") == 100
     assert scratch_iterations(100, dense, sparse, "B") == 200  # capped at 2x
     assert scratch_iterations(100, 150, 100, "B") == 150
-    metrics = run_sparse_training(model, _bundle(), TRAIN, masks, iterations=5)
+    metrics = run_sparse_training(model, toy_bundle(), TRAIN, masks, iterations=5)
     assert 0.0 <= metrics["test_top1"] <= 1.0
     _check_masks_hold(model, masks)
 
@@ -175,7 +151,7 @@ def _model_unseeded() -> nn.Module:
 
 def test_scratch_e_and_b():
     masks = prunekit.compute_masks(_model(), 0.8)
-    e = run_scratch(_model_unseeded, _bundle(), TRAIN, masks, mode="E", seed=1)
-    b = run_scratch(_model_unseeded, _bundle(), TRAIN, masks, mode="B", seed=1)
+    e = run_scratch(_model_unseeded, toy_bundle(), TRAIN, masks, mode="E", seed=1)
+    b = run_scratch(_model_unseeded, toy_bundle(), TRAIN, masks, mode="B", seed=1)
     assert e["iterations"] == 8 and b["iterations"] == 16  # 5x fewer MACs, capped at 2x
     assert 0.0 <= b["test_top1"] <= 1.0

@@ -13,15 +13,6 @@ from prunekit.training import Callback, CosineLR, GMPCallback, PruneSpec, Traine
 from prunekit.training.checkpoint import checkpoint_file, load_checkpoint, save_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train fastest on one thread; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class _Killed(Exception):
     pass
 

@@ -14,15 +14,6 @@ from prunekit.models import GPT, GPTConfig
 from prunekit.training import Callback, ConstantLR, CosineLR, Trainer, evaluate, make_optimizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train fastest on one thread; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _data(n=96, features=16, classes=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, features, generator=g)
