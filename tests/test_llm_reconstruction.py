@@ -59,13 +59,29 @@ def test_error_ordering_on_outlier_inputs(pattern):
     assert int((~keep).sum()) == w.numel() // 2
 
 
-def test_wanda_mask_is_the_published_per_row_stable_sort():
-    w, x = _layer(seed=1)
+def _published_wanda_mask(metric: torch.Tensor, sparsity: float, pattern) -> torch.Tensor:
+    """The published Wanda selection: per row, a stable sort pruning int(cols * s) entries."""
+    pruned = torch.zeros_like(metric, dtype=torch.bool)
+    if pattern is None:
+        order = torch.sort(metric, dim=-1, stable=True)[1][:, : int(metric.shape[1] * sparsity)]
+        return ~pruned.scatter_(1, order, True)
+    n, m = pattern
+    for i in range(0, metric.shape[1], m):
+        low = torch.sort(metric[:, i : i + m], dim=-1, stable=True)[1][:, : m - n]
+        pruned[:, i : i + m].scatter_(1, low, True)
+    return ~pruned
+
+
+@pytest.mark.parametrize(("sparsity", "pattern"), [(0.5, None), (0.7, None), (0.5, (2, 4))])
+def test_wanda_mask_is_the_published_per_row_stable_sort(sparsity, pattern):
+    # 384 inputs: at 70% round() would prune 269 per row, the published int() 268.
+    w, x = _layer(seed=1, rows=24, cols=384, tokens=256)
     col_sq = x.double().square().sum(0)
     metric = w.abs() * torch.sqrt(col_sq.float()).reshape(1, -1)
-    order = torch.sort(metric, dim=-1, stable=True)[1][:, : int(w.shape[1] * 0.5)]
-    pruned = torch.zeros_like(metric, dtype=torch.bool).scatter_(1, order, True)
-    assert torch.equal(wanda_mask(w, col_sq, 0.5), ~pruned)
+    mask = wanda_mask(w, col_sq, sparsity, pattern)
+    assert torch.equal(mask, _published_wanda_mask(metric, sparsity, pattern))
+    expected = int(384 * sparsity) if pattern is None else 384 // 2
+    assert torch.all((~mask).sum(1) == expected)
 
 
 def test_sparsegpt_matches_reference_algorithm():

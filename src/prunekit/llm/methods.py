@@ -50,14 +50,16 @@ def mask_from_scores(
 ) -> Tensor:
     """Keep-mask pruning the lowest scores: per row, per layer, or N:M along the inputs.
 
-    Per row, each row loses ``round(sparsity * in_features)`` entries, chosen by a stable sort
-    (ties go to the lower column index); per layer, exactly ``round(sparsity * numel)`` in total.
+    Per row, each row loses ``int(in_features * sparsity)`` entries (rounded down, the rule of
+    the published Wanda code), chosen by a stable sort (ties go to the lower column index); per
+    layer, exactly ``round(sparsity * numel)`` in total.
     """
     if pattern is not None:
         n, m = pattern
         return nm_masks(AllocationContext(TensorScores({"w": scores}), None), n, m)["w"]
     if scope == "row":
-        k = round(sparsity * scores.shape[1])
+        # int(), not round(): the published Wanda code truncates, and masks must match it.
+        k = int(scores.shape[1] * sparsity)
         per_row = torch.full((scores.shape[0],), k, dtype=torch.long, device=scores.device)
         return keep_lowest_per_row(scores, per_row, None)
     if scope == "layer":
