@@ -4,21 +4,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
+from prunekit.commands._common import (
+    add_progress_argument,
+    add_threads_argument,
+    apply_threads,
+    progress_enabled,
+)
 from prunekit.commands._perp_options import (
     add_perp_arguments,
+    check_perp_args,
     reconstruct_from_args,
     retrain_from_args,
 )
 
-EXAMPLE = """example:
+EXAMPLE = """examples:
   prunekit prune-llm ./opt-125m --method sparsegpt --sparsity 0.5 --calib calib.txt \\
       --out ./opt-125m-sparse --eval wiki.test.txt
   prunekit prune-llm ./llama --method wanda --pattern 2:4 --calib calib.txt --out ./llama-24
+  prunekit prune-llm ./opt-125m --method wanda --calib calib.txt --out ./opt-perp \\
+      --retrain perp --params biases,norms,masklora --retrain-steps 500
 
-The output directory reloads with transformers' from_pretrained; it also holds
-masks.safetensors (prunekit.MaskSet.load) and sparsity_report.json.
+The output folder reloads with transformers' from_pretrained; it also holds masks.safetensors
+(prunekit.MaskSet.load) and sparsity_report.json, and a copy of every other file and folder of
+the source (tokenizer, modules.json, 1_Pooling/ ...), so a sentence-transformers model stays one.
+Text given to --calib / --eval / --retrain-data needs the model folder's tokenizer files; token
+ids in a .safetensors file do not.
 """
 
 
@@ -26,43 +39,132 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "prune-llm",
         help="prune a transformer / LLM block by block (magnitude, Wanda, SparseGPT, OWL)",
-        description="Prune the linear layers of a local transformer model one block at a time "
-        "with calibration data; embeddings and the LM head stay dense.",
-        epilog=EXAMPLE,
+        description="Prune the linear layers of a local transformer model one block at a time\n"
+        "with calibration data; embeddings and the LM head stay dense.\n\n" + EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model_dir", help="local model directory (from_pretrained / prunekit GPT)")
-    p.add_argument("--method", default="sparsegpt", choices=["magnitude", "wanda", "sparsegpt"])
-    p.add_argument("--sparsity", type=float, default=0.5, help="fraction pruned (default 0.5)")
-    p.add_argument("--pattern", default=None, help="N:M semi-structured pattern, e.g. 2:4")
+    p.add_argument(
+        "--method",
+        default="sparsegpt",
+        choices=["magnitude", "wanda", "sparsegpt"],
+        help="pruning rule (default: %(default)s)",
+    )
+    p.add_argument(
+        "--sparsity", type=float, default=0.5, help="fraction of weights pruned (default: 0.5)"
+    )
+    p.add_argument(
+        "--pattern",
+        default=None,
+        help="N:M semi-structured pattern, e.g. 2:4 (default: unstructured; implies the "
+        "sparsity 1 - N/M)",
+    )
     p.add_argument(
         "--calib",
         default=None,
         help="calibration text file, dataset saved with save_to_disk, or .safetensors of "
         "token ids (tensor 'input_ids'); required except for magnitude",
     )
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--nsamples", type=int, default=128)
-    p.add_argument("--seqlen", type=int, default=None, help="default: min(2048, context)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--owl", action="store_true", help="OWL outlier-weighted layer sparsity")
-    p.add_argument("--owl-m", type=float, default=5.0)
-    p.add_argument("--owl-lambda", type=float, default=0.08)
-    p.add_argument("--include", action="append", default=[], help="regex of layers to prune")
-    p.add_argument("--exclude", action="append", default=[], help="regex of layers to skip")
-    p.add_argument("--true-sequential", action="store_true")
-    p.add_argument("--magnitude-scope", default="layer", choices=["layer", "row"])
-    p.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block size")
-    p.add_argument("--percdamp", type=float, default=0.01, help="SparseGPT dampening")
-    p.add_argument("--device", default=None, help="where blocks are processed, e.g. cuda")
-    p.add_argument("--offload", default=None, choices=["cpu", "disk"])
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--adapter", default=None, help="force an adapter (e.g. generic)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval", default=None, help="text file: perplexity before and after")
-    p.add_argument("--eval-seqlen", type=int, default=None)
-    p.add_argument("--eval-windows", type=int, default=None, help="cap on evaluation windows")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", required=True, help="output directory (created; required)")
+    p.add_argument(
+        "--nsamples", type=int, default=128, help="calibration windows (default: %(default)s)"
+    )
+    p.add_argument(
+        "--seqlen",
+        type=int,
+        default=None,
+        help="tokens per calibration window (default: min(2048, the model's context))",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="windows per forward pass of a block (default: %(default)s)",
+    )
+    p.add_argument(
+        "--owl", action="store_true", help="OWL outlier-weighted block sparsities (default: off)"
+    )
+    p.add_argument(
+        "--owl-m",
+        type=float,
+        default=5.0,
+        help="OWL: a score is an outlier above M x the mean (default: %(default)s)",
+    )
+    p.add_argument(
+        "--owl-lambda",
+        type=float,
+        default=0.08,
+        help="OWL: block sparsities spread over s +- lambda (default: %(default)s)",
+    )
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        help="regex of layer names to prune (repeatable; default: every linear in the blocks)",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        help="regex of layer names to keep dense (repeatable; default: none)",
+    )
+    p.add_argument(
+        "--true-sequential",
+        action="store_true",
+        help="within a block, recompute the inputs of each layer after pruning the previous "
+        "ones (default: off)",
+    )
+    p.add_argument(
+        "--magnitude-scope",
+        default="layer",
+        choices=["layer", "row"],
+        help="magnitude: compare weights within the layer or each row (default: %(default)s)",
+    )
+    p.add_argument(
+        "--blocksize", type=int, default=128, help="SparseGPT column block size (default: 128)"
+    )
+    p.add_argument(
+        "--percdamp",
+        type=float,
+        default=0.01,
+        help="SparseGPT dampening, a fraction of mean(diag H) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="where blocks are processed, e.g. cuda (default: the model's)",
+    )
+    p.add_argument(
+        "--offload",
+        default=None,
+        choices=["cpu", "disk"],
+        help="keep the blocks not being pruned on the CPU or on disk (default: no offload)",
+    )
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16"],
+        help="load the weights in this dtype (default: as saved)",
+    )
+    p.add_argument(
+        "--adapter",
+        default=None,
+        help="force a model adapter, e.g. generic (default: detected from the model)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="calibration sampling seed (default: %(default)s)"
+    )
+    p.add_argument(
+        "--eval", default=None, help="text file: perplexity before and after (default: none)"
+    )
+    p.add_argument(
+        "--eval-seqlen", type=int, default=None, help="evaluation window (default: --seqlen)"
+    )
+    p.add_argument(
+        "--eval-windows", type=int, default=None, help="cap on evaluation windows (default: all)"
+    )
+    add_progress_argument(p)
+    add_threads_argument(p)
     add_perp_arguments(p)
     p.set_defaults(func=run)
 
@@ -82,18 +184,60 @@ def _calibration(path: str | None):
     raise ValueError(f"--calib: {path!r} holds several tensors and none named 'input_ids'")
 
 
+def _text_inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(flag, path) of every input given as text, which needs a tokenizer."""
+    given = [("--calib", args.calib), ("--eval", args.eval)]
+    if args.retrain == "perp":
+        given.append(("--retrain-data", args.retrain_data))
+    return [(flag, path) for flag, path in given if path and not path.endswith(".safetensors")]
+
+
+def check_tokenizer(args: argparse.Namespace) -> bool:
+    """Whether the model folder holds a tokenizer; fail before loading anything when text
+    inputs need one and it holds none (a Hugging Face folder; prunekit's GPT reads bytes)."""
+    from prunekit.llm.io import TOKENIZER_FILES, tokenizer_files
+
+    root = Path(args.model_dir)
+    if tokenizer_files(root) or not (root / "config.json").is_file():
+        return bool(tokenizer_files(root))
+    text = _text_inputs(args)
+    if text:
+        flag, path = text[0]
+        raise FileNotFoundError(
+            f"model_dir: {str(root)!r} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}), "
+            f"so the text in {flag} {path!r} cannot be tokenised; copy the original model's "
+            "tokenizer files there, or give token ids as a .safetensors file"
+        )
+    return False
+
+
+def _save(model, args, masks, report, tokenizer):  # noqa: ANN001, ANN202
+    """Save the pruned model and copy the source folder's other files next to it."""
+    from prunekit.llm.io import copy_source_files, save_pruned
+
+    out = save_pruned(model, args.out, masks, report, tokenizer)
+    copy_source_files(args.model_dir, out)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from prunekit.llm import byte_tokenizer, prune_llm
     from prunekit.llm.evaluation import perplexity
-    from prunekit.llm.io import load_model, save_pruned
+    from prunekit.llm.io import load_model
 
+    apply_threads(args)
+    args.no_progress = not progress_enabled(args)
+    has_tokenizer = check_tokenizer(args)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model, tokenizer = load_model(args.model_dir, dtype)
+    if not has_tokenizer:
+        tokenizer = None  # never save the empty tokenizer transformers builds from a config
     text_tokenizer = tokenizer
     if text_tokenizer is None and getattr(getattr(model, "config", None), "vocab_size", 0) == 256:
         text_tokenizer = byte_tokenizer  # prunekit's byte-level GPT
+    check_perp_args(model, args, text_tokenizer)  # before any pruning work
     ppl_before = None
     eval_kw = {
         "tokenizer": text_tokenizer,
@@ -135,12 +279,22 @@ def run(args: argparse.Namespace) -> int:
             "dense": ppl_before,
             "pruned": perplexity(model, args.eval, **eval_kw),
         }
-    if args.retrain == "perp":
+    # Saved before retraining: a retraining failure must not lose the pruning work.
+    out = _save(model, args, masks, report, tokenizer)
+    if args.retrain == "perp" and not args.reconstruct:
         data = _calibration(args.retrain_data) if args.retrain_data else _calibration(args.calib)
-        report["perp"] = retrain_from_args(model, masks, args, data, text_tokenizer)
+        try:
+            report["perp"] = retrain_from_args(model, masks, args, data, text_tokenizer)
+        except BaseException:
+            print(
+                f"prunekit prune-llm: retraining failed; the pruned model (not retrained) "
+                f"is saved in {out}",
+                file=sys.stderr,
+            )
+            raise
         if args.eval:
             report["perplexity"]["retrained"] = perplexity(model, args.eval, **eval_kw)
-    out = save_pruned(model, args.out, masks, report, tokenizer)
+        out = _save(model, args, masks, report, tokenizer)
     summary = {
         "method": report["method"],
         "pattern": report["pattern"],
@@ -153,5 +307,7 @@ def run(args: argparse.Namespace) -> int:
         summary["perplexity"] = report["perplexity"]
     if "perp" in report:
         summary["perp_trainable_fraction"] = report["perp"]["fraction"]
+    if args.reconstruct and args.retrain == "perp":
+        summary["perp_objective"] = "block reconstruction"
     print(json.dumps(summary, indent=2))
     return 0

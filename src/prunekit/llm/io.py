@@ -16,9 +16,15 @@ from torch import nn
 
 from prunekit.masks import MaskSet
 from prunekit.report import sparsity_report
-from prunekit.serialization import load_safetensors, save_safetensors, write_json
+from prunekit.serialization import atomic_path, load_safetensors, save_safetensors, write_json
 
-__all__ = ["load_model", "load_pruned", "save_pruned"]
+__all__ = [
+    "copy_source_files",
+    "load_model",
+    "load_pruned",
+    "save_pruned",
+    "tokenizer_files",
+]
 
 GPT_FORMAT = "prunekit.gpt/1"
 MASKS_FILE = "masks.safetensors"
@@ -134,3 +140,65 @@ def load_pruned(
     path = Path(directory) / MASKS_FILE
     masks = MaskSet.load(path) if path.exists() else None
     return model, masks, tokenizer
+
+
+# Files that hold a tokenizer's vocabulary (tokenizer_config.json alone holds none).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+# The model's own weights, which the pruned model replaces.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
+
+
+def tokenizer_files(path: str | os.PathLike) -> list[str]:
+    """Names of the vocabulary files (``tokenizer.json``, ``vocab.txt`` ...) in a model folder."""
+    root = Path(path)
+    return [name for name in TOKENIZER_FILES if (root / name).is_file()]
+
+
+def _is_weight_file(name: str) -> bool:
+    return name.endswith(WEIGHT_SUFFIXES) or name.endswith(".index.json")
+
+
+def copy_source_files(source: str | os.PathLike, target: str | os.PathLike) -> list[str]:
+    """Copy what a model folder holds besides its weights into ``target``; the names copied.
+
+    Top-level weight files (``*.safetensors``, ``*.bin`` ... and their ``*.index.json``) are
+    left out: the pruned model replaces them. Everything else is copied, sub-folders whole
+    (a sentence-transformers ``modules.json``, ``1_Pooling/``, ``2_Normalize/``,
+    ``sentence_bert_config.json``, a README ...), so the output stays the kind of model the
+    source was. Nothing that already exists in ``target`` is overwritten (what prunekit wrote
+    wins), symbolic links and hidden entries are skipped, ``target`` itself is skipped when it
+    lies inside ``source``, and each entry appears only once fully copied.
+    """
+    src, dst = Path(source).resolve(), Path(target).resolve()
+    copied = []
+    for item in sorted(src.iterdir()):
+        if item.name.startswith(".") or item.is_symlink() or item.resolve() == dst:
+            continue
+        if dst.is_relative_to(item.resolve()) or (dst / item.name).exists():
+            continue
+        if item.is_file() and not _is_weight_file(item.name):
+            with atomic_path(dst / item.name) as tmp:
+                shutil.copyfile(item, tmp)
+        elif item.is_dir():
+            staging = Path(tempfile.mkdtemp(prefix=f".{item.name}.", dir=dst))
+            try:
+                shutil.copytree(item, staging / item.name, ignore=_skip_links)
+                os.replace(staging / item.name, dst / item.name)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        else:
+            continue
+        copied.append(item.name)
+    return copied
+
+
+def _skip_links(directory: str, names: list[str]) -> list[str]:
+    return [n for n in names if os.path.islink(os.path.join(directory, n))]

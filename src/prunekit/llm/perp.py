@@ -32,6 +32,7 @@ __all__ = [
     "TrainableSelection",
     "linear_warmup_decay",
     "perp_retrain",
+    "retrain_objective",
     "reconstruct",
     "select_trainable",
 ]
@@ -199,6 +200,84 @@ def select_trainable(
     return TrainableSelection(list(chosen), trainable, total, counts, adapters)
 
 
+#: What :func:`perp_retrain` can train on: next-token prediction (decoders) or masked-LM.
+OBJECTIVES = ("causal", "masked")
+
+
+def retrain_objective(model: nn.Module, adapter: str | ModelAdapter | None = None) -> str | None:
+    """``"causal"`` for a decoder, ``"masked"`` for an encoder with a masked-LM head, else None.
+
+    None means there are no token logits to train on (an encoder without a head, e.g. a
+    sentence-embedding model): use :func:`reconstruct`, which matches the dense model's block
+    outputs instead.
+    """
+    chosen = get_adapter(model, adapter)
+    if chosen.causal:
+        return "causal"
+    return "masked" if chosen.head(model) is not None else None
+
+
+def _mask_tokens(
+    batch: Tensor, mask_id: int, vocab: int, probability: float, gen: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """BERT's masking: pick ``probability`` of the positions (at least one); of those, 80 %
+    become ``mask_id``, 10 % a random token, 10 % stay. Returns (inputs, labels with -100 at
+    the positions that are not predicted)."""
+    pick = torch.rand(batch.shape, generator=gen) < probability
+    pick.view(-1)[torch.randint(0, batch.numel(), (1,), generator=gen)] = True
+    labels = torch.where(pick, batch, torch.full_like(batch, -100))
+    roll = torch.rand(batch.shape, generator=gen)
+    inputs = batch.clone()
+    inputs[pick & (roll < 0.8)] = mask_id
+    rand = pick & (roll >= 0.8) & (roll < 0.9)
+    inputs[rand] = torch.randint(0, vocab, (int(rand.sum()),), generator=gen)
+    return inputs, labels
+
+
+def check_retrain(
+    model: nn.Module,
+    params: str | Sequence[str],
+    *,
+    tokenizer: Any = None,
+    mask_token_id: int | None = None,
+    amp: str | None = "auto",
+    device: str | torch.device | None = None,
+    adapter: str | ModelAdapter | None = None,
+) -> str:
+    """Validate :func:`perp_retrain`'s options against ``model`` before any work; the objective.
+
+    Raises:
+        ValueError: an unknown or unusable parameter group, an encoder without a masked-LM head,
+            a masked-LM model without a mask token, an autocast mode the device cannot run.
+    """
+    groups = parse_params(params)
+    dev = torch.device(device) if device is not None else model_device(model)
+    _autocast(dev, amp)
+    chosen = get_adapter(model, adapter)
+    objective = retrain_objective(model, chosen)
+    if objective is None:
+        raise ValueError(
+            f"model: {type(model).__name__} is an encoder without a masked-LM head, so there "
+            "are no token logits to retrain on; use block-wise reconstruction against the "
+            "dense model's hidden states instead (reconstruct / --reconstruct)"
+        )
+    if "head" in groups and chosen.head(model) is None:
+        raise ValueError("params: 'head' chosen but the model has no LM head")
+    if objective == "masked" and _mask_id(tokenizer, mask_token_id) is None:
+        raise ValueError(
+            f"model: {type(model).__name__} retrains with a masked-LM loss, which needs a mask "
+            "token: give a tokenizer that has one (mask_token_id) or pass mask_token_id="
+        )
+    return objective
+
+
+def _mask_id(tokenizer: Any, mask_token_id: int | None) -> int | None:
+    if mask_token_id is not None:
+        return int(mask_token_id)
+    value = getattr(tokenizer, "mask_token_id", None)
+    return int(value) if isinstance(value, int) else None
+
+
 def linear_warmup_decay(step: int, total: int, warmup: float = 0.1) -> float:
     """LR factor: linear warm-up over ``warmup * total`` steps, then linear decay to zero."""
     w = max(1, int(round(warmup * total))) if warmup > 0 else 0
@@ -311,11 +390,19 @@ def perp_retrain(
     seed: int = 0,
     progress: bool = True,
     log_every: int = 0,
+    mask_token_id: int | None = None,
+    mlm_probability: float = 0.15,
 ) -> dict[str, Any]:
-    """Retrain a pruned causal LM on next-token prediction, training only ``params``, in place.
+    """Retrain a pruned language model, training only ``params``, in place.
+
+    Decoders train on next-token prediction; encoders with a masked-LM head (``BertForMaskedLM``
+    ...) on the masked-LM loss (BERT's 80/10/10 masking of ``mlm_probability`` of the tokens,
+    mask token from ``tokenizer.mask_token_id`` or ``mask_token_id``). An encoder without a head
+    has no token logits: use :func:`reconstruct`. Everything is checked
+    (:func:`check_retrain`) before any work.
 
     Args:
-        model: the pruned model (Hugging Face causal LM or prunekit GPT).
+        model: the pruned model (Hugging Face causal or masked LM, or prunekit GPT).
         masks: its pruning masks (from :func:`prune_llm`); None means ``W != 0`` for adapters.
             Whenever a pruned weight is itself trainable (``full``), the masks are attached to
             the optimizer so pruned weights stay zero after every step.
@@ -343,6 +430,17 @@ def perp_retrain(
     if not lr > 0:
         raise ValueError(f"lr: expected a positive number, got {lr!r}")
     chosen_adapter = get_adapter(model, adapter)
+    objective = check_retrain(
+        model,
+        params,
+        tokenizer=tokenizer,
+        mask_token_id=mask_token_id,
+        amp=amp,
+        device=device,
+        adapter=chosen_adapter,
+    )
+    mask_id = _mask_id(tokenizer, mask_token_id)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     dev = torch.device(device) if device is not None else model_device(model)
     model.to(dev)
     context = chosen_adapter.context_length(model)
@@ -385,11 +483,19 @@ def perp_retrain(
         with ckpt if ckpt is not None else contextlib.nullcontext() as ckpt_kind:
             for step in bar:
                 idx = torch.randint(0, windows.shape[0], (batch_size,), generator=gen)
-                batch = windows[idx].to(dev)
+                batch = windows[idx]
+                if objective == "masked":
+                    inputs, labels = _mask_tokens(
+                        batch, mask_id, vocab or int(windows.max()) + 1, mlm_probability, gen
+                    )
+                else:  # next-token prediction
+                    inputs, labels = batch[:, :-1], batch[:, 1:]
                 with autocast:
-                    logits = chosen_adapter.logits(model, batch[:, :-1])
+                    logits = chosen_adapter.logits(model, inputs.to(dev))
                 loss = F.cross_entropy(
-                    logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)
+                    logits.float().reshape(-1, logits.shape[-1]),
+                    labels.to(dev).reshape(-1),
+                    ignore_index=-100,
                 )
                 opt.zero_grad(set_to_none=True)
                 if scaler is not None:
@@ -430,11 +536,12 @@ def perp_retrain(
     k = max(1, min(len(losses) // 10, 50))
     return {
         "params": list(parse_params(params)),
+        "objective": objective,
         **selection.as_dict(),
         "steps": steps,
         "lr": lr,
         "batch_size": batch_size,
-        "seqlen": int(windows.shape[1]) - 1,
+        "seqlen": int(windows.shape[1]) - (1 if objective == "causal" else 0),
         "rank": rank if selection.adapters else None,
         "amp": None if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
         "gradient_checkpointing": ckpt_kind if ckpt is not None else None,

@@ -1,0 +1,90 @@
+"""Options every command shares: ``--threads`` and ``--progress``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def physical_cores() -> int:
+    """Physical CPU cores this process may use (hyper-threads counted once where Linux says)."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count() or 1
+    cores: set[tuple[str, str]] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            physical = core = ""
+            for line in handle:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    physical = value.strip()
+                elif key == "core id":
+                    core = value.strip()
+                    cores.add((physical, core))
+    except OSError:
+        pass
+    return max(1, min(usable, len(cores) or usable))
+
+
+def default_threads() -> int:
+    """min(physical cores, 4): more threads than cores (hyper-threads, or a machine already
+    busy) make PyTorch's OpenMP workers wait on each other, and the small matrices of most
+    pruning work stop scaling after about four."""
+    return min(physical_cores(), 4)
+
+
+def add_threads_argument(parser: argparse.ArgumentParser, default_help: str = "") -> None:
+    """``--threads N`` (a positive int); the default is :func:`default_threads`."""
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="PyTorch threads per process (default: "
+        + (default_help or f"min(physical cores, 4) = {default_threads()}")
+        + ")",
+    )
+
+
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    """``--progress / --no-progress``; on by default when stderr is a terminal."""
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: on when the output is a terminal)",
+    )
+
+
+def progress_enabled(args: argparse.Namespace) -> bool:
+    value = getattr(args, "progress", None)
+    return sys.stderr.isatty() if value is None else bool(value)
+
+
+def apply_threads(args: argparse.Namespace) -> int:
+    """Set torch's thread count from ``--threads`` (or the default); the count used."""
+    import torch
+
+    threads = args.threads or default_threads()
+    torch.set_num_threads(threads)
+    return threads
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_out_argument(parser: argparse.ArgumentParser, help_text: str, old: str, **kw) -> None:
+    """``--out`` plus the older flag name ``old`` as a hidden alias of it."""
+    parser.add_argument("--out", dest="out", help=help_text, **kw)
+    parser.add_argument(old, dest="out", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
