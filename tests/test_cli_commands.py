@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import sys
 import types
 
@@ -29,7 +30,7 @@ def _write(tmp_path, data) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("command", ["demo", "run", "sweep", "report", "list"])
+@pytest.mark.parametrize("command", ["demo", "run", "sweep", "report", "list", "prune-llm"])
 def test_help_shows_an_example(command, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args([command, "--help"])
@@ -82,6 +83,12 @@ def test_demo_small_finishes_and_writes_plot(tmp_path, capsys):
         assert method in text
     assert (out / "accuracy_vs_sparsity.png").read_bytes()[:4] == b"\x89PNG"
     assert "outputs in" in text and str(out / "report.md") in text
+    # A smoke demo that still learns: >= 80 % dense, and the plot is not flat.
+    with open(out / "report.csv", newline="") as handle:
+        accuracy = {(r["method"], r["sparsity"]): float(r["test_top1_mean"])
+                    for r in csv.DictReader(handle)}  # fmt: skip
+    assert [v for (method, _), v in accuracy.items() if method == "dense"][0] >= 0.80
+    assert len(set(accuracy.values())) > 2
 
 
 def test_missing_tracker_is_a_clear_error_before_work(tmp_path, monkeypatch):

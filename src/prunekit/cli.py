@@ -30,10 +30,31 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'prunekit COMMAND --help' for a command's options and an example.",
     )
+    from prunekit import __version__
+
+    parser.add_argument("--version", action="version", version=f"prunekit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(sub)
+    for command in sub.choices.values():
+        _ensure_threads_option(command)
     return parser
+
+
+def _ensure_threads_option(command: argparse.ArgumentParser) -> None:
+    """Give a command that sets no threads itself ``--threads`` (applied before it runs)."""
+    from prunekit.commands._common import add_threads_argument, apply_threads
+
+    if any("--threads" in action.option_strings for action in command._actions):
+        return
+    add_threads_argument(command)
+    func = command.get_default("func")
+
+    def with_threads(args: argparse.Namespace, _func=func) -> int:  # noqa: ANN001
+        apply_threads(args)
+        return _func(args)
+
+    command.set_defaults(func=with_threads)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

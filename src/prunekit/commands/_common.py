@@ -88,3 +88,20 @@ def add_out_argument(parser: argparse.ArgumentParser, help_text: str, old: str, 
     """``--out`` plus the older flag name ``old`` as a hidden alias of it."""
     parser.add_argument("--out", dest="out", help=help_text, **kw)
     parser.add_argument(old, dest="out", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def apply_common(cfg, args: argparse.Namespace) -> None:  # noqa: ANN001
+    """``--threads`` and ``--progress`` into a run's config (neither changes its hash).
+
+    Threads: ``--threads``, else the config's ``train.threads``, else :func:`default_threads`.
+    Progress: ``--progress`` / ``--no-progress``, else on when stderr is a terminal or the config
+    asks for it.
+    """
+    if args.threads:
+        cfg.train.threads = args.threads
+    elif cfg.train.threads is None:
+        cfg.train.threads = default_threads()
+    if args.progress is not None:
+        cfg.train.progress = args.progress
+    else:
+        cfg.train.progress = bool(cfg.train.progress) or sys.stderr.isatty()

@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--calib",
         default=None,
         help="calibration text file, dataset saved with save_to_disk, or .safetensors of "
-        "token ids (tensor 'input_ids'); required except for magnitude",
+        "token ids (tensor 'input_ids'); required except for magnitude (default: none)",
     )
     p.add_argument("--out", required=True, help="output directory (created; required)")
     p.add_argument(

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import argparse
 
+from prunekit.commands._common import (
+    add_out_argument,
+    add_progress_argument,
+    add_threads_argument,
+    apply_common,
+)
+
 EXAMPLE = """examples:
   prunekit run examples/configs/one_shot.yaml
   prunekit run examples/configs/imp.yaml --set prune.sparsity=0.95 --set seed=1
   prunekit run examples/configs/one_shot.yaml --dry-run
+  prunekit run examples/configs/one_shot.yaml --out /tmp/runs --threads 2
 
 The run directory is <output>/runs/<name>-<config hash>; a finished run is not run again, an
 interrupted one resumes from its last checkpoint."""
@@ -18,8 +26,9 @@ def run(args: argparse.Namespace) -> int:
     from prunekit.experiments.runner import dry_run, run_experiment
 
     cfg = load_config(args.config, args.set)
-    if args.output:
-        cfg.output = args.output
+    if args.out:
+        cfg.output = args.out
+    apply_common(cfg, args)
     if cfg.sweep.sparsities or cfg.sweep.methods or cfg.sweep.seeds:
         print("note: this config has a 'sweep' section; 'prunekit run' runs the base config only "
               "(use 'prunekit sweep' for the grid)")  # fmt: skip
@@ -50,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="override a config key, e.g. --set train.epochs=5 (repeatable; values are YAML)",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the config and plan only")
-    parser.add_argument("--output", help="output root (overrides the config's 'output')")
+    add_out_argument(parser, "output root (default: the config's 'output')", "--output")
     parser.add_argument("--quiet", action="store_true", help="log to the run's log.txt only")
+    add_threads_argument(parser, "train.threads, else min(physical cores, 4)")
+    add_progress_argument(parser)
     parser.set_defaults(func=run)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-EXAMPLE = """example:
+from prunekit.commands._common import add_out_argument, add_threads_argument, positive_int
+
+EXAMPLE = """examples:
   prunekit sweep examples/configs/sweep.yaml --workers 2
+  prunekit sweep examples/configs/sweep.yaml --dry-run     # list the arms, run nothing
 
 The config's 'sweep' section lists sparsities, seeds and methods (label -> dotted overrides):
   sweep:
@@ -19,14 +22,42 @@ The config's 'sweep' section lists sparsities, seeds and methods (label -> dotte
 The dense model is trained once per seed and shared; finished arms are skipped on a re-run."""
 
 
+def dry_run(cfg) -> int:  # noqa: ANN001
+    """Print every arm (validated) with its run folder and whether it is finished."""
+    from prunekit.experiments.runner import dense_dir, run_dir
+    from prunekit.experiments.sweep import expand
+    from prunekit.report import format_table
+
+    arms = expand(cfg)
+    rows = []
+    dense = set()
+    for arm in arms:
+        directory = run_dir(arm.config)
+        done = (directory / "result.json").is_file()
+        rows.append([arm.method, f"{arm.sparsity:g}", str(arm.seed), "yes" if done else "no",
+                     str(directory)])  # fmt: skip
+        dense.add(str(dense_dir(arm.config)))
+    print(format_table(["method", "sparsity", "seed", "finished", "run directory"], rows))
+    todo = sum(row[3] == "no" for row in rows)
+    print(f"{len(arms)} arms ({len(arms) - todo} finished, {todo} to run), "
+          f"{len(dense)} dense model folder(s); nothing was run (--dry-run)")  # fmt: skip
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from prunekit.experiments.config import load_config
     from prunekit.experiments.report import write_report
     from prunekit.experiments.sweep import run_sweep
 
     cfg = load_config(args.config, args.set)
-    if args.output:
-        cfg.output = args.output
+    if args.out:
+        cfg.output = args.out
+    if args.threads:
+        cfg.train.threads = args.threads
+    if args.progress is not None:
+        cfg.train.progress = args.progress
+    if args.dry_run:
+        return dry_run(cfg)
     outcome = run_sweep(cfg, workers=args.workers)
     print(f"sweep finished in {outcome.wall_s:.1f} s: {len(outcome.results)} runs")
     if outcome.results and not args.no_report:
@@ -48,8 +79,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", help="YAML config with a 'sweep' section")
-    parser.add_argument("--workers", type=int, help="worker processes (default: sweep.workers)")
+    parser.add_argument(
+        "--workers", type=positive_int, help="worker processes (default: sweep.workers)"
+    )
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key")
-    parser.add_argument("--output", help="output root (overrides the config's 'output')")
+    add_out_argument(parser, "output root (default: the config's 'output')", "--output")
     parser.add_argument("--no-report", action="store_true", help="do not write the report")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate every arm and list them with their run folders; run nothing",
+    )
+    add_threads_argument(parser, "train.threads, else cores / workers")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="per-run progress bars (default: train.progress, off: parallel workers would "
+        "interleave their bars; the sweep prints one line per finished arm)",
+    )
     parser.set_defaults(func=run)

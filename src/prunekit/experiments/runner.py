@@ -942,6 +942,10 @@ def dry_run(
     out(f"# pruning plan ({p.criterion}, {p.allocation}, sparsity {p.sparsity}; "
         f"schedule {p.schedule}; {where})")  # fmt: skip
     out(format_table(["layer", "params", "pruned", "sparsity"], rows))
+    if where == "at initialisation" and p.schedule != "at_init":
+        out("# warning: the model is not trained yet, so this plan is computed from its initial "
+            "weights; the plan on the trained model will differ (train first with "
+            "'prunekit run', or give dense_checkpoint)")  # fmt: skip
     if ignores_sparsity(cfg):
         out(f"# note: schedule {p.schedule} does not prune to prune.sparsity "
             "(sap: the PQ Index sets each round; sfw: options.levels)")  # fmt: skip
