@@ -309,7 +309,7 @@ def measure_latency(
 
 
 def pq_indices(model: nn.Module, masks: Any = None) -> dict[str, Any] | None:
-    """PQ Index (METHODS §3, p=0.5, q=1) per layer and over all layers, or ``None`` when
+    """PQ Index (Diao et al. 2023, p=0.5, q=1) per layer and over all layers, or ``None`` when
     :mod:`prunekit.pqi` is unavailable: ``{"layers": {name: index}, "global": index}``."""
     try:
         from prunekit.pqi import pq_index_report

@@ -302,8 +302,8 @@ def ingredient_variants(
       [-1, 1] (m = 3: half, same, double);
     * ``"length"`` (key ``epochs``): the base length times factors evenly spaced in [0.75, 1.25],
       rounded, at least 1;
-    * ``"lr_schedule"`` (key ``lr_schedule``): cycles through ``llr, clr, slr, ft`` (METHODS
-      retraining schedules: linear, cosine, stretched, fine-tune).
+    * ``"lr_schedule"`` (key ``lr_schedule``): cycles through ``llr, clr, slr, ft`` (the
+      retraining schedules of Zimmer et al. 2023: linear, cosine, stretched, fine-tune).
     """
     if vary not in _VARY_KEYS:
         raise ValueError(f"vary: expected one of {', '.join(_VARY_KEYS)}, got {vary!r}")

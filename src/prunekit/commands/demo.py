@@ -103,7 +103,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "demo",
         help="train, prune (4 methods x 4 sparsities), retrain and report on MNIST-1D",
-        description="The built-in demo: a few minutes on a laptop CPU.\n\n" + EXAMPLE,
+        description="The built-in demo: a few minutes on a laptop CPU (--small: seconds).\n\n"
+        + EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(

@@ -150,13 +150,16 @@ def prune(
     iterative_steps: int = 1,
     loss_fn: Callable[[nn.Module], Tensor] | None = None,
     seed: int = 0,
-    inplace: bool = True,
+    inplace: bool = False,
     verify: bool = True,
 ) -> tuple[nn.Module, StructuredPlan]:
     """Remove channels, filters and attention heads; return the smaller model and its plan.
 
+    ``model`` itself is left as it was: the pruned model is a copy (one ``copy.deepcopy``).
+    Pass ``inplace=True`` to shrink ``model`` itself and save the copy's memory.
+
     Args:
-        model: any ``nn.Module``; it is modified in place unless ``inplace=False``.
+        model: any ``nn.Module``; unchanged unless ``inplace=True``.
         example_inputs: a tensor, tuple of positional arguments or dict of keyword arguments
             (batch 1 is enough; it is used to trace the model and to count MACs).
         ratio: fraction of channels removed from every prunable group (``mode="uniform"``) or
@@ -174,7 +177,8 @@ def prune(
         iterative_steps: reach the target in this many trace-score-shrink rounds.
         loss_fn: ``loss_fn(model) -> loss`` used to compute gradients for ``taylor``.
         seed: seed of the ``random`` criterion.
-        inplace: prune ``model`` itself (default) or a deep copy.
+        inplace: prune ``model`` itself instead of a copy (default False). A ``loss_fn``
+            receives the model being pruned (the copy unless ``inplace=True``).
         verify: run the pruned model on ``example_inputs`` and raise if it fails.
     """
     if not isinstance(model, nn.Module):
@@ -186,9 +190,12 @@ def prune(
             raise ValueError(f"{arg}: expected a fraction in (0, 1], got {val!r}")
     if target_macs is not None and target_params is not None:
         raise ValueError("target_macs / target_params: give at most one resource target")
-    if not inplace:
-        model = copy.deepcopy(model)
     ignore = list(ignore)
+    if not inplace:
+        # ignore may hold modules of the original: name them before copying.
+        names = {id(m): n for n, m in model.named_modules()}
+        ignore = [names.get(id(m), m) if isinstance(m, nn.Module) else m for m in ignore]
+        model = copy.deepcopy(model)
     macs0 = count_macs(model, example_inputs)
     params0 = count_params(model)
     original: dict[str, int] = {}
