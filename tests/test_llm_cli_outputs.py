@@ -171,6 +171,11 @@ def test_retrain_options_are_checked_before_pruning(tmp_path, capsys):
     rc = main(["prune-llm", str(src), "--calib", calib, "--out", str(out), *SMALL, *PERP[:2],
                "--amp", "fp16"])  # fmt: skip
     assert rc == 2 and "fp16" in capsys.readouterr().err and not out.exists()
+    rc = main(["prune-llm", str(src), "--calib", calib, "--out", str(out), *SMALL, *PERP[:2],
+               "--retrain-seqlen", "65"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "--retrain-seqlen: 65 tokens exceed the model's context of 64" in err
+    assert not out.exists()
 
 
 def test_headless_encoder_retrains_by_block_reconstruction(tmp_path, capsys):
@@ -205,3 +210,27 @@ def test_pruned_model_is_saved_before_retraining_fails(tmp_path, monkeypatch, ca
     model, masks, _ = load_pruned(out)
     named = dict(model.named_parameters())
     assert masks and all(torch.all(named[n][~m] == 0) for n, m in masks.items())
+
+
+def test_masked_lm_objective_and_bert_masking(tmp_path):
+    from _llm_tiny import load_tiny, tiny_config
+    from prunekit.llm.perp import _mask_tokens, perp_retrain, retrain_objective
+
+    gen = torch.Generator().manual_seed(0)
+    batch = torch.randint(3, VOCAB, (64, 32), generator=gen)
+    inputs, labels = _mask_tokens(batch, 2, VOCAB, 0.15, gen)
+    picked = labels != -100
+    assert torch.equal(labels[picked], batch[picked])
+    assert torch.equal(inputs[~picked], batch[~picked])  # only predicted positions change
+    assert 0.12 < picked.float().mean() < 0.18
+    assert 0.75 < (inputs[picked] == 2).float().mean() < 0.85  # 80 % become the mask token
+
+    mlm = load_tiny(save_tiny("bert", tmp_path / "bert"))
+    assert retrain_objective(mlm) == "masked"
+    assert retrain_objective(transformers.BertModel(tiny_config("bert"))) is None
+    assert retrain_objective(load_tiny(save_tiny("opt", tmp_path / "opt"))) == "causal"
+    report = perp_retrain(mlm, None, tokens(8, 16), "norms", mask_token_id=2, steps=2,
+                          batch_size=2, progress=False)  # fmt: skip
+    assert report["objective"] == "masked" and report["seqlen"] == 16
+    with pytest.raises(ValueError, match="needs a mask token"):
+        perp_retrain(mlm, None, tokens(8, 16), "norms", steps=1, progress=False)

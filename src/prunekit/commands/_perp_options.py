@@ -116,6 +116,13 @@ def check_perp_args(model: Any, args: argparse.Namespace, tok: Any) -> None:
             raise ValueError("--retrain perp: needs --retrain-data or --calib")
         if args.retrain_data and not Path(args.retrain_data).exists():
             raise FileNotFoundError(f"--retrain-data: no such file {args.retrain_data!r}")
+        from prunekit.llm.adapters import get_adapter
+
+        context = get_adapter(model, args.adapter).context_length(model)
+        seqlen = args.retrain_seqlen or args.seqlen
+        if context and seqlen and seqlen > context:
+            flag = "--retrain-seqlen" if args.retrain_seqlen else "--seqlen"
+            raise ValueError(f"{flag}: {seqlen} tokens exceed the model's context of {context}")
         if retrain_objective(model, args.adapter) is None:
             print(
                 f"prunekit prune-llm: note: {type(model).__name__} is an encoder without a "
