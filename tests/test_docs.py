@@ -55,8 +55,20 @@ def _timeout(signum, frame):  # noqa: ANN001, ARG001
 def test_python_block_runs(code, reason, tmp_path, monkeypatch):
     if reason:
         pytest.skip(reason)
+    from prunekit.registry import Registry
+
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     monkeypatch.chdir(tmp_path)
+    # What a block registers (e.g. a custom criterion) is removed afterwards: blocks run alone.
+    added: list[tuple[Registry, str]] = []
+    original = Registry.register
+
+    def register(self, name, **kwargs):  # noqa: ANN001, ANN202
+        if name.lower() not in self._entries:  # never drop an entry the block did not add
+            added.append((self, name.lower()))
+        return original(self, name, **kwargs)
+
+    monkeypatch.setattr(Registry, "register", register)
     previous = signal.signal(signal.SIGALRM, _timeout)
     signal.alarm(TIMEOUT_S)
     try:
@@ -64,6 +76,9 @@ def test_python_block_runs(code, reason, tmp_path, monkeypatch):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+        for registry, key in added:
+            registry._entries.pop(key, None)
+            registry._docs.pop(key, None)
 
 
 def _anchor(heading: str) -> str:
