@@ -32,6 +32,7 @@ __all__ = [
     "TrainableSelection",
     "linear_warmup_decay",
     "perp_retrain",
+    "check_retrain",
     "retrain_objective",
     "reconstruct",
     "select_trainable",
