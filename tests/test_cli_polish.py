@@ -53,7 +53,23 @@ def test_every_command_takes_threads_and_every_writer_takes_out():
         assert "--threads" in options, name
         if name != "list":
             assert "--out" in options, name
-    assert 1 <= default_threads() == min(physical_cores(), 4)
+
+
+def test_default_threads_leave_busy_cores_alone(monkeypatch):
+    import prunekit.commands._common as common
+
+    monkeypatch.setattr(common.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(common, "physical_cores", lambda: 8)
+    monkeypatch.setattr(common.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert common.idle_cores() == 8 and default_threads() == 4  # idle: capped at four
+    monkeypatch.setattr(common.os, "getloadavg", lambda: (5.6, 0.0, 0.0))
+    assert common.idle_cores() == 2 and default_threads() == 2
+    monkeypatch.setattr(common.os, "getloadavg", lambda: (12.0, 0.0, 0.0))
+    assert default_threads() == 1  # an oversubscribed machine: one thread
+    monkeypatch.setattr(common, "physical_cores", lambda: 1)
+    monkeypatch.setattr(common.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert default_threads() == 1
+    assert 1 <= physical_cores() <= (common.os.cpu_count() or 1)
 
 
 @pytest.mark.parametrize("command", ["run", "sweep"])

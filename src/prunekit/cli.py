@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 # Modules that add sub-commands; a module that fails to import (missing optional dependency)
 # is skipped so that the other commands keep working.
@@ -50,7 +50,7 @@ def _ensure_threads_option(command: argparse.ArgumentParser) -> None:
     add_threads_argument(command)
     func = command.get_default("func")
 
-    def with_threads(args: argparse.Namespace, _func=func) -> int:  # noqa: ANN001
+    def with_threads(args: argparse.Namespace, _func: Callable[..., int] = func) -> int:
         apply_threads(args)
         return _func(args)
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prunekit.experiments.config import ExperimentConfig
 
 
 def physical_cores() -> int:
@@ -30,11 +34,29 @@ def physical_cores() -> int:
     return max(1, min(usable, len(cores) or usable))
 
 
+def idle_cores() -> int:
+    """Cores not busy with other work right now: usable cores minus the 1-minute load average
+    (at least 1; all usable cores where the load average is unknown)."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return usable
+    return max(1, int(usable - load + 0.5))
+
+
 def default_threads() -> int:
-    """min(physical cores, 4): more threads than cores (hyper-threads, or a machine already
-    busy) make PyTorch's OpenMP workers wait on each other, and the small matrices of most
-    pruning work stop scaling after about four."""
-    return min(physical_cores(), 4)
+    """min(physical cores, idle cores, 4).
+
+    More threads than free cores (hyper-threads, or a machine busy with other work) make
+    PyTorch's OpenMP workers spin-wait for each other, which can make a run several times slower
+    than with one thread (docs/benchmarks.md, "--threads"). The small matrices of most pruning work stop
+    scaling after about four threads. The thread count is not part of a run's config hash.
+    """
+    return max(1, min(physical_cores(), idle_cores(), 4))
 
 
 def add_threads_argument(parser: argparse.ArgumentParser, default_help: str = "") -> None:
@@ -44,7 +66,7 @@ def add_threads_argument(parser: argparse.ArgumentParser, default_help: str = ""
         type=positive_int,
         default=None,
         help="PyTorch threads per process (default: "
-        + (default_help or f"min(physical cores, 4) = {default_threads()}")
+        + (default_help or f"min(physical cores, idle cores, 4), now {default_threads()}")
         + ")",
     )
 
@@ -84,13 +106,13 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_out_argument(parser: argparse.ArgumentParser, help_text: str, old: str, **kw) -> None:
+def add_out_argument(parser: argparse.ArgumentParser, help_text: str, old: str, **kw: Any) -> None:
     """``--out`` plus the older flag name ``old`` as a hidden alias of it."""
     parser.add_argument("--out", dest="out", help=help_text, **kw)
     parser.add_argument(old, dest="out", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
-def apply_common(cfg, args: argparse.Namespace) -> None:  # noqa: ANN001
+def apply_common(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
     """``--threads`` and ``--progress`` into a run's config (neither changes its hash).
 
     Threads: ``--threads``, else the config's ``train.threads``, else :func:`default_threads`.

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from prunekit.commands._common import (
     add_progress_argument,
@@ -211,7 +212,7 @@ def check_tokenizer(args: argparse.Namespace) -> bool:
     return False
 
 
-def _save(model, args, masks, report, tokenizer):  # noqa: ANN001, ANN202
+def _save(model: Any, args: argparse.Namespace, masks: Any, report: dict, tokenizer: Any) -> Path:
     """Save the pruned model and copy the source folder's other files next to it."""
     from prunekit.llm.io import copy_source_files, save_pruned
 

@@ -61,6 +61,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the config and plan only")
     add_out_argument(parser, "output root (default: the config's 'output')", "--output")
     parser.add_argument("--quiet", action="store_true", help="log to the run's log.txt only")
-    add_threads_argument(parser, "train.threads, else min(physical cores, 4)")
+    add_threads_argument(parser, "train.threads, else min(physical cores, idle cores, 4)")
     add_progress_argument(parser)
     parser.set_defaults(func=run)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from prunekit.commands._common import add_out_argument, add_threads_argument, positive_int
+
+if TYPE_CHECKING:
+    from prunekit.experiments.config import ExperimentConfig
 
 EXAMPLE = """examples:
   prunekit sweep examples/configs/sweep.yaml --workers 2
@@ -22,8 +26,9 @@ The config's 'sweep' section lists sparsities, seeds and methods (label -> dotte
 The dense model is trained once per seed and shared; finished arms are skipped on a re-run."""
 
 
-def dry_run(cfg) -> int:  # noqa: ANN001
+def dry_run(cfg: ExperimentConfig) -> int:
     """Print every arm (validated) with its run folder and whether it is finished."""
+    from prunekit.experiments.config import TRAINING_SCHEDULES
     from prunekit.experiments.runner import dense_dir, run_dir
     from prunekit.experiments.sweep import expand
     from prunekit.report import format_table
@@ -36,7 +41,8 @@ def dry_run(cfg) -> int:  # noqa: ANN001
         done = (directory / "result.json").is_file()
         rows.append([arm.method, f"{arm.sparsity:g}", str(arm.seed), "yes" if done else "no",
                      str(directory)])  # fmt: skip
-        dense.add(str(dense_dir(arm.config)))
+        if arm.config.prune.schedule not in TRAINING_SCHEDULES:  # these train from scratch
+            dense.add(str(dense_dir(arm.config)))
     print(format_table(["method", "sparsity", "seed", "finished", "run directory"], rows))
     todo = sum(row[3] == "no" for row in rows)
     print(f"{len(arms)} arms ({len(arms) - todo} finished, {todo} to run), "
