@@ -115,20 +115,27 @@ def test_sentence_transformers_folder_keeps_every_module(tmp_path, capsys):
     assert masks and all(torch.all(named[n][~m] == 0) for n, m in masks.items())
 
 
-def test_copy_source_files_skips_links_and_existing(tmp_path):
+def test_copy_source_files_copies_links_as_files_and_keeps_existing(tmp_path):
+    blobs = tmp_path / "blobs"  # a Hugging Face cache snapshot links to its blobs
+    blobs.mkdir()
+    (blobs / "a").write_text("linked")
     src = tmp_path / "src"
-    src.mkdir()
+    (src / "1_Pooling").mkdir(parents=True)
     (src / "keep.json").write_text("1")
     (src / "model.safetensors").write_text("w")
     (src / "model.safetensors.index.json").write_text("{}")
-    (src / "link.json").symlink_to(src / "keep.json")
+    (src / "link.json").symlink_to(blobs / "a")
+    (src / "1_Pooling" / "config.json").symlink_to(blobs / "a")
+    (src / "broken.json").symlink_to(tmp_path / "missing")
+    (src / ".cache").mkdir()
     dst = tmp_path / "dst"
     dst.mkdir()
     (dst / "keep.json").write_text("mine")
-    (src / "extra.txt").write_text("x")
-    assert copy_source_files(src, dst) == ["extra.txt"]
+    assert copy_source_files(src, dst) == ["1_Pooling", "link.json"]
     assert (dst / "keep.json").read_text() == "mine"
-    assert sorted(p.name for p in dst.iterdir()) == ["extra.txt", "keep.json"]
+    for path in (dst / "link.json", dst / "1_Pooling" / "config.json"):
+        assert not path.is_symlink() and path.read_text() == "linked"
+    assert sorted(p.name for p in dst.iterdir()) == ["1_Pooling", "keep.json", "link.json"]
 
 
 def _bert_mlm(tmp_path, mask: bool = True):

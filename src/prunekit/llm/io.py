@@ -174,15 +174,17 @@ def copy_source_files(source: str | os.PathLike, target: str | os.PathLike) -> l
     (a sentence-transformers ``modules.json``, ``1_Pooling/``, ``2_Normalize/``,
     ``sentence_bert_config.json``, a README ...), so the output stays the kind of model the
     source was. Nothing that already exists in ``target`` is overwritten (what prunekit wrote
-    wins), symbolic links and hidden entries are skipped, ``target`` itself is skipped when it
-    lies inside ``source``, and each entry appears only once fully copied.
+    wins), hidden entries and broken links are skipped, ``target`` itself is skipped when it lies
+    inside ``source``, and each entry appears only once fully copied. Symbolic links (a Hugging
+    Face cache snapshot is made of them) are copied as the files they point to: the output never
+    holds a link.
     """
     src, dst = Path(source).resolve(), Path(target).resolve()
     copied = []
     for item in sorted(src.iterdir()):
-        if item.name.startswith(".") or item.is_symlink() or item.resolve() == dst:
+        if item.name.startswith(".") or not item.exists() or (dst / item.name).exists():
             continue
-        if dst.is_relative_to(item.resolve()) or (dst / item.name).exists():
+        if item.resolve() == dst or dst.is_relative_to(item.resolve()):
             continue
         if item.is_file() and not _is_weight_file(item.name):
             with atomic_path(dst / item.name) as tmp:
@@ -190,7 +192,7 @@ def copy_source_files(source: str | os.PathLike, target: str | os.PathLike) -> l
         elif item.is_dir():
             staging = Path(tempfile.mkdtemp(prefix=f".{item.name}.", dir=dst))
             try:
-                shutil.copytree(item, staging / item.name, ignore=_skip_links)
+                shutil.copytree(item, staging / item.name, symlinks=False, ignore=_skip_broken)
                 os.replace(staging / item.name, dst / item.name)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -200,5 +202,5 @@ def copy_source_files(source: str | os.PathLike, target: str | os.PathLike) -> l
     return copied
 
 
-def _skip_links(directory: str, names: list[str]) -> list[str]:
-    return [n for n in names if os.path.islink(os.path.join(directory, n))]
+def _skip_broken(directory: str, names: list[str]) -> list[str]:
+    return [n for n in names if not os.path.exists(os.path.join(directory, n))]
