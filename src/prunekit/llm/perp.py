@@ -430,6 +430,8 @@ def perp_retrain(
             raise ValueError(f"{key}: expected a positive int, got {value!r}")
     if not lr > 0:
         raise ValueError(f"lr: expected a positive number, got {lr!r}")
+    if not 0.0 < mlm_probability < 1.0:
+        raise ValueError(f"mlm_probability: expected a number in (0, 1), got {mlm_probability!r}")
     chosen_adapter = get_adapter(model, adapter)
     objective = check_retrain(
         model,
