@@ -59,7 +59,7 @@ def _scored_members(model: nn.Module, group: ChannelGroup, params: dict[str, Ten
 
 def _per_component(group: ChannelGroup, member, values: Tensor) -> Tensor:
     """Sum per-index values (along the member axis) into per-component values."""
-    return values[group.member_index(member)].sum(1)
+    return values[group.member_index(member).to(values.device)].sum(1)
 
 
 def _axis_reduce(p: Tensor, axis: int, fn: Callable[[Tensor], Tensor]) -> Tensor:
@@ -118,7 +118,7 @@ def fpgm(model: nn.Module, group: ChannelGroup, params: dict[str, Tensor], **_) 
     scores = []
     for m, p, ax in _scored_members(model, group, params):
         t = p.detach().float().movedim(ax, 0).reshape(p.shape[ax], -1)
-        vecs = t[group.member_index(m)].reshape(group.size, -1)
+        vecs = t[group.member_index(m).to(t.device)].reshape(group.size, -1)
         scores.append(torch.cdist(vecs[None], vecs[None])[0].sum(1))
     return scores
 
