@@ -8,9 +8,8 @@ so data-dependent code (``sort``, ``kthvalue``, ``.item()``) runs exactly as on 
 
 Every aten operation that mixes a virtual tensor with a plain CPU tensor of one or more dimensions
 raises :class:`DeviceMismatch`, as CUDA raises ``Expected all tensors to be on the same device``
-(0-dimensional CPU tensors are allowed, as CUDA allows them). The check is stricter than CUDA in one
-place on purpose: CPU index tensors used to index a GPU tensor are reported too, because the device
-rule says indices live on the device of the tensor they index.
+(0-dimensional CPU tensors, ``copy_`` across devices and CPU indices into a device tensor are
+allowed, as CUDA allows them; device indices into a CPU tensor are not).
 
 ``torch.device("meta")`` is used as the stand-in because it needs no backend: ``.to("cuda")``
 cannot be dispatched on a CPU-only build, ``.to("meta")`` can, and the mode intercepts it before
@@ -75,15 +74,31 @@ def _unwrap(x: Any) -> Any:
     return x.elem if isinstance(x, VirtualTensor) else x
 
 
+# ``dst.copy_(src)`` copies across devices on CUDA too (``load_state_dict`` relies on it)
+_CROSS_DEVICE = {torch.ops.aten.copy_.default}
+
+
+# ``x[idx]`` / ``x[idx] = v``: CUDA accepts CPU indices into a GPU tensor (not the reverse)
+_INDEXING = {
+    torch.ops.aten.index.Tensor,
+    torch.ops.aten.index_put.default,
+    torch.ops.aten.index_put_.default,
+    torch.ops.aten._index_put_impl_.default,
+}
+
+
 def _run(func: Any, args: tuple, kwargs: dict) -> Any:
     flat, _ = tree_flatten((args, kwargs))
     virtual = any(isinstance(a, VirtualTensor) for a in flat)
+    checked = flat
+    if func in _INDEXING and isinstance(args[0], VirtualTensor):
+        checked, _ = tree_flatten((args[0], args[2:], kwargs))  # CPU indices are fine here
     cpu = [
         a
-        for a in flat
+        for a in checked
         if isinstance(a, torch.Tensor) and not isinstance(a, VirtualTensor) and a.dim() > 0
     ]
-    if virtual and cpu:
+    if virtual and cpu and func not in _CROSS_DEVICE:
         shapes = [tuple(a.shape) for a in cpu]
         raise DeviceMismatch(
             f"Expected all tensors to be on the same device: {func} got virtual-device tensors "
@@ -117,6 +132,10 @@ class VirtualDevice(TorchDispatchMode):
     """Within this mode, ``device="meta"`` means the virtual device (see the module docstring)."""
 
     def __enter__(self) -> VirtualDevice:
+        # ``module.to(device)`` must keep the parameter objects (an optimizer built before the
+        # move holds them, as on CUDA): swap their payload in place instead of replacing them
+        self._swap = torch.__future__.get_swap_module_params_on_conversion()
+        torch.__future__.set_swap_module_params_on_conversion(True)
         self._literals = _Literals()
         self._literals.__enter__()
         return super().__enter__()
@@ -124,6 +143,7 @@ class VirtualDevice(TorchDispatchMode):
     def __exit__(self, *exc: object) -> None:
         super().__exit__(*exc)
         self._literals.__exit__(*exc)
+        torch.__future__.set_swap_module_params_on_conversion(self._swap)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
         if any(t is VirtualTensor for t in types):

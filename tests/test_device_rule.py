@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import prunekit
 from _virtual_device import VIRTUAL, VirtualDevice, leaves, on_virtual
@@ -30,14 +31,79 @@ from prunekit.allocation import list_allocations
 SRC = Path(__file__).resolve().parents[1] / "src" / "prunekit"
 
 
+# ---------------------------------------------------------------------- 1. the static check
+FACTORIES = {
+    "zeros", "ones", "empty", "full", "arange", "rand", "randn", "randint", "randperm", "tensor",
+    "eye", "linspace",
+}  # fmt: skip
+# Where a factory without ``device=`` is right, and why (paths relative to src/prunekit).
+WHITELIST = {
+    "data/": "datasets are host data: built on the CPU, moved to the model's device per batch",
+    "models/": "module constructors create parameters on the CPU like torch.nn layers; "
+    "model.to(device) moves them",
+    "structured/graph.py": "dependency-graph channel ids: CPU metadata, never combined with a "
+    "parameter (criteria and shrink move them to the tensor they index)",
+    "structured/groups.py": "channel-group index tables built from the graph: CPU metadata, "
+    "moved to the tensor they index",
+}
+
+
+def bare_factory_calls(code: str) -> list[str]:
+    """``"LINE: torch.NAME(...)"`` for every torch factory call in ``code`` without ``device=``.
+
+    ``**kw`` counts as naming the device (e.g. ``kw = {"device": w.device, ...}``)."""
+    found = []
+    for node in ast.walk(ast.parse(code)):
+        func = getattr(node, "func", None)
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(func, ast.Attribute)
+            and func.attr in FACTORIES
+            and isinstance(func.value, ast.Name)
+            and func.value.id == "torch"
+            and not any(k.arg in ("device", None) for k in node.keywords)
+        ):
+            found.append(f"{node.lineno}: torch.{func.attr}(...)")
+    return found
+
+
+def test_factory_calls_name_their_device():
+    """New tensors that meet a parameter are made on its device (``prunekit._device`` helpers
+    or ``device=``); tensors meant for the CPU (seeded draws, host data) say ``device="cpu"``."""
+    offenders = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC).as_posix()
+        if any(rel == w or (w.endswith("/") and rel.startswith(w)) for w in WHITELIST):
+            continue
+        offenders += [f"{rel}:{hit}" for hit in bare_factory_calls(path.read_text())]
+    assert not offenders, "torch factory calls without device=:\n" + "\n".join(offenders)
+
+
+def test_the_static_check_sees_a_bare_factory_call():
+    code = (
+        "import torch\n"
+        "x = torch.arange(3)\n"
+        "y = torch.zeros(2, device=x.device)\n"
+        "z = torch.full((2,), 1.0, **{'device': x.device})\n"
+        "w = torch.tensor(\n    [1, 2],\n    dtype=torch.long,\n)\n"
+    )
+    assert bare_factory_calls(code) == ["2: torch.arange(...)", "5: torch.tensor(...)"]
+
+
+# ---------------------------------------------------------------------- 2. the virtual device
 def _mlp() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 3))
+    return nn.Sequential(
+        nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 3)
+    )
 
 
 def _batches(n: int = 2, batch: int = 6) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
-    return [(torch.randn(batch, 8, generator=g), torch.randint(0, 3, (batch,), generator=g)) for _ in range(n)]
+    return [
+        (torch.randn(batch, 8, generator=g), torch.randint(0, 3, (batch,), generator=g))
+        for _ in range(n)
+    ]
 
 
 def _all_virtual(model: nn.Module, out=None) -> None:
@@ -163,3 +229,148 @@ def test_soups_and_batchnorm_recalibration():
         assert all(on_virtual(v) for v in res.state_dict.values())
         recalibrate_batchnorm(model, [torch.randn(4, 3, 16, 16) for _ in range(2)])
         _all_virtual(model)
+
+
+TEXT = "The quick brown fox jumps over the lazy dog; pack my box with five dozen jugs. " * 20
+
+
+def _gpt() -> nn.Module:
+    from prunekit.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32))
+
+
+def _ids() -> torch.Tensor:
+    from prunekit.llm import byte_tokenizer
+
+    return torch.tensor(byte_tokenizer(TEXT))
+
+
+@pytest.mark.parametrize(
+    "method,pattern", [("magnitude", None), ("wanda", None), ("sparsegpt", "2:4")]
+)
+def test_llm_engine_model_on_the_device(method, pattern):
+    from prunekit.llm import prune_llm
+
+    with VirtualDevice():
+        model = _gpt().to(VIRTUAL)
+        masks, _ = prune_llm(
+            model, method, 0.5, pattern=pattern, calibration=_ids(), nsamples=4, seqlen=32,
+            progress=False,
+        )  # fmt: skip
+        _all_virtual(model, masks)
+
+
+def test_llm_engine_blocks_visit_the_device_and_masks_come_home():
+    from prunekit.llm import prune_llm
+
+    with VirtualDevice():
+        model = _gpt()  # stays on the CPU; each block is processed on the device
+        masks, _ = prune_llm(
+            model, "sparsegpt", 0.5, calibration=_ids(), nsamples=4, seqlen=32, device=VIRTUAL,
+            progress=False,
+        )  # fmt: skip
+        for name, mask in masks.items():
+            assert mask.device.type == "cpu" and not on_virtual(mask), name
+        assert not any(on_virtual(p) for p in model.parameters())
+
+
+def test_perp_retrain_and_reconstruct():
+    from prunekit.llm import prune_llm
+    from prunekit.llm.perp import perp_retrain, reconstruct
+
+    with VirtualDevice():
+        model = _gpt().to(VIRTUAL)
+        masks, _ = prune_llm(model, "wanda", 0.5, calibration=_ids(), nsamples=4, progress=False)
+        perp_retrain(
+            model, masks.to("cpu"), _ids(), "biases,norms,masklora", steps=2, batch_size=2,
+            seqlen=32, progress=False,
+        )  # fmt: skip
+        _all_virtual(model)
+        for name, p in model.named_parameters():
+            if name in masks:
+                assert not p[~masks[name]].any(), name
+        model = _gpt().to(VIRTUAL)
+        masks, _ = reconstruct(
+            model, "wanda", 0.5, None, _ids(), "scalelora", nsamples=4, seqlen=32, steps=2,
+            batch_size=2, progress=False,
+        )  # fmt: skip
+        _all_virtual(model, masks)
+
+
+def test_at_init_recipe_trains_on_the_default_device(monkeypatch):
+    """``device=None`` means CUDA when present: here the virtual device stands in for it."""
+    from conftest import toy_bundle
+    from prunekit import _device
+    from prunekit.training import TrainSpec
+    from prunekit.training.dst_recipes import run_at_init
+
+    monkeypatch.setattr(_device, "default_device", lambda: VIRTUAL)
+    with VirtualDevice():
+        model = _mlp()
+        spec = TrainSpec(epochs=1, batch_size=16, lr=0.05, lr_schedule="cosine")
+        result = run_at_init(model, toy_bundle(features=8), spec, "snip", 0.8)
+        _all_virtual(model, result.masks)
+
+
+# ---------------------------------------------------------------------- 3. masks move once
+class _CountMaskCopies(TorchDispatchMode):
+    """Counts boolean tensors copied to the virtual device (each mask move is one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
+        kwargs = kwargs or {}
+        if (
+            func is torch.ops.aten._to_copy.default
+            and args[0].dtype == torch.bool
+            and kwargs.get("device") is not None
+            and torch.device(kwargs["device"]) == VIRTUAL
+        ):
+            self.count += 1
+        return func(*args, **kwargs)
+
+
+def test_masks_on_another_device_are_moved_once_not_per_step():
+    with VirtualDevice():
+        model = _mlp()
+        masks = prunekit.compute_masks(model, 0.6, method="magnitude")  # CPU masks
+        model.to(VIRTUAL)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        with _CountMaskCopies() as copies:
+            masks.apply(model)
+            handle = masks.attach(optimizer, model)
+            for x, y in _batches(5):
+                optimizer.zero_grad()
+                nn.functional.cross_entropy(model(x.to(VIRTUAL)), y.to(VIRTUAL)).backward()
+                optimizer.step()
+                masks.enforce(model, optimizer)
+            masks.finalize(model)
+            handle.remove()
+        assert copies.count == len(masks)  # one move per mask, reused by every later call
+        for name, p in model.named_parameters():
+            if name in masks:
+                assert on_virtual(p) and not p[~masks[name]].any(), name
+                assert not masks[name].is_meta  # the caller's masks stay where they were
+        # the moved copy is reused until the stored mask changes; then it is made again
+        params = dict(model.named_parameters())
+        name = next(iter(masks))
+        first = masks.placed({name: params[name]})[name]
+        assert masks.placed({name: params[name]})[name] is first
+        masks[name][0, 0] = ~masks[name][0, 0]  # an in-place edit of the CPU mask
+        again = masks.placed({name: params[name]})[name]
+        assert again is not first and bool(again[0, 0].cpu()) == bool(masks[name][0, 0])
+
+
+def test_masks_already_on_the_parameters_device_are_not_copied():
+    with VirtualDevice():
+        model = _mlp().to(VIRTUAL)
+        masks = prunekit.compute_masks(model, 0.6, method="magnitude")
+        assert all(on_virtual(m) for m in masks.values())
+        with _CountMaskCopies() as copies:
+            masks.apply(model)
+            masks.enforce(model)
+        assert copies.count == 0

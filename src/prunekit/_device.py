@@ -17,10 +17,12 @@ from torch import Tensor
 
 __all__ = [
     "arange_like",
+    "default_device",
     "device_of",
     "empty_like",
     "full_like",
     "ones_like",
+    "resolve_device",
     "tensor_like",
     "zeros_like",
 ]
@@ -40,6 +42,27 @@ def device_of(ref: Tensor | torch.nn.Module | torch.device | str) -> torch.devic
             return t.device
         return torch.device("cpu")
     return torch.device(ref)
+
+
+def default_device() -> torch.device:
+    """Where training runs when no device is named: CUDA when present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(spec: torch.device | str | None, argument: str = "device") -> torch.device:
+    """``None`` or ``"auto"`` -> :func:`default_device`; anything else must name a torch device.
+
+    Raises:
+        ValueError: naming ``argument`` when ``spec`` is not a device.
+    """
+    if spec is None or spec == "auto":
+        return default_device()  # a module global: a test may stand a virtual device in
+    try:
+        return torch.device(spec)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"{argument}: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}"
+        ) from exc
 
 
 def _size(shape: tuple[Any, ...]) -> tuple[int, ...]:
@@ -64,7 +87,9 @@ def empty_like(ref: Tensor, *shape: Any, dtype: torch.dtype | None = None) -> Te
     return torch.empty(_size(shape), dtype=dtype or ref.dtype, device=ref.device)
 
 
-def full_like(ref: Tensor, shape: Sequence[int], value: Any, dtype: torch.dtype | None = None) -> Tensor:
+def full_like(
+    ref: Tensor, shape: Sequence[int], value: Any, dtype: torch.dtype | None = None
+) -> Tensor:
     """``torch.full(shape, value)`` on ``ref``'s device (dtype defaults to ``ref``'s)."""
     return torch.full(tuple(shape), value, dtype=dtype or ref.dtype, device=ref.device)
 

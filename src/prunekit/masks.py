@@ -29,8 +29,9 @@ class MaskSet(MutableMapping[str, Tensor]):
 
     def __init__(self, masks: Mapping[str, Tensor] | None = None) -> None:
         self._masks: dict[str, Tensor] = {}
-        # name -> the mask moved to its parameter's device, made once by ``_placed`` (device rule)
-        self._moved: dict[str, Tensor] = {}
+        # name -> (version of the stored mask, its copy on the parameter's device): made once by
+        # ``placed`` and made again only when the stored mask changes (in place or replaced)
+        self._moved: dict[str, tuple[int, Tensor]] = {}
         self.metadata: dict[str, Any] = {}
         for name, mask in (masks or {}).items():
             self[name] = mask
@@ -118,9 +119,10 @@ class MaskSet(MutableMapping[str, Tensor]):
         for name, param in params.items():
             mask = self._masks[name]
             if mask.device != param.device:
-                moved = self._moved.get(name)
-                if moved is None or moved.device != param.device:
-                    moved = self._moved[name] = mask.to(param.device)
+                version, moved = self._moved.get(name, (-1, None))
+                if moved is None or moved.device != param.device or version != mask._version:
+                    moved = mask.to(param.device)
+                    self._moved[name] = (mask._version, moved)
                 mask = moved
             out[name] = mask
         return out

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from prunekit._device import resolve_device
 from prunekit.commands._perp_options import (
     add_perp_arguments,
     reconstruct_from_args,
@@ -54,7 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--magnitude-scope", default="layer", choices=["layer", "row"])
     p.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block size")
     p.add_argument("--percdamp", type=float, default=0.01, help="SparseGPT dampening")
-    p.add_argument("--device", default=None, help="where blocks are processed, e.g. cuda")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where blocks are processed: auto (CUDA when present), cpu, cuda:N",
+    )
     p.add_argument("--offload", default=None, choices=["cpu", "disk"])
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     p.add_argument("--adapter", default=None, help="force an adapter (e.g. generic)")
@@ -124,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             magnitude_scope=args.magnitude_scope,
             blocksize=args.blocksize,
             percdamp=args.percdamp,
-            device=args.device,
+            device=resolve_device(args.device, "--device"),
             offload=args.offload,
             adapter=args.adapter,
             seed=args.seed,

@@ -453,7 +453,7 @@ def top_singular(
         basis = state.get("basis")
         if basis is None or basis.shape != (1, cols, k):
             gen = torch.Generator(device="cpu").manual_seed(0)
-            basis = torch.randn(cols, k, generator=gen).to(work.device, work.dtype)
+            basis = torch.randn(cols, k, generator=gen, device="cpu").to(work.device, work.dtype)
         else:
             basis = basis[0]
         for _ in range(max(iters, 1)):

@@ -384,7 +384,7 @@ def perp_retrain(
     try:
         with ckpt if ckpt is not None else contextlib.nullcontext() as ckpt_kind:
             for step in bar:
-                idx = torch.randint(0, windows.shape[0], (batch_size,), generator=gen)
+                idx = torch.randint(0, windows.shape[0], (batch_size,), generator=gen, device="cpu")
                 batch = windows[idx].to(dev)
                 with autocast:
                     logits = chosen_adapter.logits(model, batch[:, :-1])
@@ -626,6 +626,8 @@ def reconstruct(
                     outs[b] = _run_block(chosen, block, inputs, b, inps[b], dev)
             if home is not None:
                 block.to(home)
+                for name in modules:  # masks follow their weights home (the device rule)
+                    masks[f"{name}.weight"] = masks[f"{name}.weight"].to(home)
             inps, outs = outs, inps
             inputs.hidden = inps
             row.update(
@@ -722,7 +724,7 @@ def _train_block(
     batched = True
     try:
         for _ in range(steps):
-            idx = torch.randint(0, n, (min(batch_size, n),), generator=gen).tolist()
+            idx = torch.randint(0, n, (min(batch_size, n),), generator=gen, device="cpu").tolist()
             opt.zero_grad(set_to_none=True)
             total = 0.0
             loss = _batched_loss(adapter, block, inputs, inps, outs, dev, idx) if batched else None
