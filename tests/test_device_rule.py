@@ -17,6 +17,9 @@ Three checks, all on a CPU-only machine:
 from __future__ import annotations
 
 import ast
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -91,6 +94,37 @@ def test_the_static_check_sees_a_bare_factory_call():
 
 
 # ---------------------------------------------------------------------- 2. the virtual device
+@dataclass
+class Dev:
+    """Where a test runs: the virtual device (always) or a real GPU (``gpu``-marked)."""
+
+    device: torch.device
+    mode: Callable[[], contextlib.AbstractContextManager]
+
+    def holds(self, t: torch.Tensor) -> bool:
+        if self.device == VIRTUAL:
+            return on_virtual(t)
+        return t.device.type == self.device.type
+
+
+@pytest.fixture(
+    params=[
+        "virtual",
+        pytest.param(
+            "cuda",
+            marks=[
+                pytest.mark.gpu,
+                pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+            ],
+        ),
+    ]
+)
+def dev(request) -> Dev:
+    if request.param == "virtual":
+        return Dev(VIRTUAL, VirtualDevice)
+    return Dev(torch.device("cuda", torch.cuda.current_device()), contextlib.nullcontext)
+
+
 def _mlp() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
@@ -106,57 +140,57 @@ def _batches(n: int = 2, batch: int = 6) -> list[tuple[torch.Tensor, torch.Tenso
     ]
 
 
-def _all_virtual(model: nn.Module, out=None) -> None:
+def _all_on(dev: Dev, model: nn.Module, out=None) -> None:
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        assert on_virtual(t), f"{name} left the model's device"
+        assert dev.holds(t), f"{name} left the model's device"
     for t in leaves(out):
-        assert on_virtual(t), f"a returned tensor of shape {tuple(t.shape)} is on {t.device}"
+        assert dev.holds(t), f"a returned tensor of shape {tuple(t.shape)} is on {t.device}"
 
 
 @pytest.mark.parametrize("allocation", [a for a in list_allocations() if a != "N:M"] + ["2:4"])
-def test_prune_each_allocation(allocation):
+def test_prune_each_allocation(dev, allocation):
     sparsity = 0.2 if allocation == "uniform_plus" else (None if allocation == "2:4" else 0.5)
-    with VirtualDevice():
-        model = _mlp().to(VIRTUAL)
+    with dev.mode():
+        model = _mlp().to(dev.device)
         masks = prunekit.prune(model, sparsity=sparsity, method="magnitude", allocation=allocation)
-        _all_virtual(model, masks)
+        _all_on(dev, model, masks)
 
 
 @pytest.mark.parametrize("method", ["random", "snip", "grasp", "synflow", "taylor"])
-def test_criteria_with_cpu_data(method):
-    with VirtualDevice():
-        model = _mlp().to(VIRTUAL)
+def test_criteria_with_cpu_data(dev, method):
+    with dev.mode():
+        model = _mlp().to(dev.device)
         masks = prunekit.prune(model, 0.8, method=method, data=_batches())
-        _all_virtual(model, masks)
+        _all_on(dev, model, masks)
         assert masks.num_pruned == round(0.8 * masks.numel)
 
 
-def test_prune_at_init_and_training_with_cpu_masks_and_data():
+def test_prune_at_init_and_training_with_cpu_masks_and_data(dev):
     from conftest import toy_bundle
     from prunekit.training import Trainer
 
     data = toy_bundle(features=8)
-    with VirtualDevice():
+    with dev.mode():
         model = _mlp()
         masks = prunekit.compute_masks(model, 0.7, method="snip", data=_batches())  # on the CPU
-        model.to(VIRTUAL)
+        model.to(dev.device)
         masks2, table = prunekit.prune_at_init(model, "synflow", 0.7, _batches())
-        _all_virtual(model, masks2)
+        _all_on(dev, model, masks2)
         trainer = Trainer(
-            model, data.train, iterations=4, batch_size=8, masks=masks, device=VIRTUAL, amp=False
+            model, data.train, iterations=4, batch_size=8, masks=masks, device=dev.device, amp=False
         )
         trainer.fit()
-        _all_virtual(model, trainer.masks)
+        _all_on(dev, model, trainer.masks)
         masks.finalize(model)  # CPU masks, model elsewhere: moved, not refused
         for name, p in model.named_parameters():
             if name in masks:
-                assert not p[~masks[name].to(VIRTUAL)].any()
+                assert not p[~masks[name].to(dev.device)].any()
 
 
-def test_sparse_training_rigl_and_granet():
+def test_sparse_training_rigl_and_granet(dev):
     from prunekit.sparse_training import GraNet, RigL
 
-    with VirtualDevice():
+    with dev.mode():
         for make in (
             lambda m, o: RigL(m, o, sparsity=0.8, t_end=6, delta_t=2),
             lambda m, o: GraNet(
@@ -164,15 +198,15 @@ def test_sparse_training_rigl_and_granet():
                 t_end=6, delta_t=2, regrow_fraction=0.5,
             ),
         ):  # fmt: skip
-            model = _mlp().to(VIRTUAL)
+            model = _mlp().to(dev.device)
             optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
             scheduler = make(model, optimizer)
             for x, y in _batches(6):
                 optimizer.zero_grad()
-                nn.functional.cross_entropy(model(x.to(VIRTUAL)), y.to(VIRTUAL)).backward()
+                nn.functional.cross_entropy(model(x.to(dev.device)), y.to(dev.device)).backward()
                 if scheduler.step():
                     optimizer.step()
-            _all_virtual(model, scheduler.masks)
+            _all_on(dev, model, scheduler.masks)
 
 
 @pytest.mark.parametrize(
@@ -186,49 +220,49 @@ def test_sparse_training_rigl_and_granet():
         ("linf", None, {}),
     ],
 )
-def test_sfw_constraints(kind, k, options):
+def test_sfw_constraints(dev, kind, k, options):
     from prunekit.frank_wolfe import SFW, constraints_for_model
 
-    with VirtualDevice():
+    with dev.mode():
         torch.manual_seed(0)
         model = nn.Sequential(
             nn.Conv1d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(80, 4)
-        ).to(VIRTUAL)
+        ).to(dev.device)
         groups = constraints_for_model(model, kind, k=k, tau=5.0, init_samples=2, **options)
         opt = SFW(groups, lr=0.5, momentum=0.9)
         opt.make_feasible()
         x, y = torch.randn(8, 1, 10), torch.randint(0, 4, (8,))
         for _ in range(2):
             opt.zero_grad()
-            nn.functional.cross_entropy(model(x.to(VIRTUAL)), y.to(VIRTUAL)).backward()
+            nn.functional.cross_entropy(model(x.to(dev.device)), y.to(dev.device)).backward()
             opt.step()
         assert all(r is None or r <= 1 + 1e-4 for r in opt.feasibility())
-        _all_virtual(model)
+        _all_on(dev, model)
 
 
-def test_structured_prune():
+def test_structured_prune(dev):
     from prunekit import structured as st
 
-    with VirtualDevice():
+    with dev.mode():
         torch.manual_seed(0)
-        model = prunekit.create_model("resnet20", width=8).to(VIRTUAL)
-        small, plan = st.prune(model, torch.randn(1, 3, 16, 16).to(VIRTUAL), ratio=0.5)
-        _all_virtual(small)
-        assert small(torch.randn(2, 3, 16, 16).to(VIRTUAL)).shape == (2, 10)
+        model = prunekit.create_model("resnet20", width=8).to(dev.device)
+        small, plan = st.prune(model, torch.randn(1, 3, 16, 16).to(dev.device), ratio=0.5)
+        _all_on(dev, small)
+        assert small(torch.randn(2, 3, 16, 16).to(dev.device)).shape == (2, 10)
 
 
-def test_soups_and_batchnorm_recalibration():
+def test_soups_and_batchnorm_recalibration(dev):
     from prunekit.soups import greedy_soup, recalibrate_batchnorm, uniform_soup
 
-    with VirtualDevice():
-        model = prunekit.create_model("resnet20", width=8).to(VIRTUAL)
+    with dev.mode():
+        model = prunekit.create_model("resnet20", width=8).to(dev.device)
         sds = [{k: v + i for k, v in model.state_dict().items()} for i in range(2)]
         soup = uniform_soup(sds)
-        assert all(on_virtual(v) for v in soup.values())
+        assert all(dev.holds(v) for v in soup.values())
         res = greedy_soup(sds, lambda sd: float(next(iter(sd.values())).sum()))
-        assert all(on_virtual(v) for v in res.state_dict.values())
+        assert all(dev.holds(v) for v in res.state_dict.values())
         recalibrate_batchnorm(model, [torch.randn(4, 3, 16, 16) for _ in range(2)])
-        _all_virtual(model)
+        _all_on(dev, model)
 
 
 TEXT = "The quick brown fox jumps over the lazy dog; pack my box with five dozen jugs. " * 20
@@ -250,76 +284,77 @@ def _ids() -> torch.Tensor:
 @pytest.mark.parametrize(
     "method,pattern", [("magnitude", None), ("wanda", None), ("sparsegpt", "2:4")]
 )
-def test_llm_engine_model_on_the_device(method, pattern):
+def test_llm_engine_model_on_the_device(dev, method, pattern):
     from prunekit.llm import prune_llm
 
-    with VirtualDevice():
-        model = _gpt().to(VIRTUAL)
+    with dev.mode():
+        model = _gpt().to(dev.device)
         masks, _ = prune_llm(
             model, method, 0.5, pattern=pattern, calibration=_ids(), nsamples=4, seqlen=32,
             progress=False,
         )  # fmt: skip
-        _all_virtual(model, masks)
+        _all_on(dev, model, masks)
 
 
-def test_llm_engine_blocks_visit_the_device_and_masks_come_home():
+def test_llm_engine_blocks_visit_the_device_and_masks_come_home(dev):
     from prunekit.llm import prune_llm
 
-    with VirtualDevice():
+    with dev.mode():
         model = _gpt()  # stays on the CPU; each block is processed on the device
         masks, _ = prune_llm(
-            model, "sparsegpt", 0.5, calibration=_ids(), nsamples=4, seqlen=32, device=VIRTUAL,
+            model, "sparsegpt", 0.5, calibration=_ids(), nsamples=4, seqlen=32, device=dev.device,
             progress=False,
         )  # fmt: skip
         for name, mask in masks.items():
-            assert mask.device.type == "cpu" and not on_virtual(mask), name
-        assert not any(on_virtual(p) for p in model.parameters())
+            assert mask.device.type == "cpu" and not dev.holds(mask), name
+        assert not any(dev.holds(p) for p in model.parameters())
 
 
-def test_perp_retrain_and_reconstruct():
+def test_perp_retrain_and_reconstruct(dev):
     from prunekit.llm import prune_llm
     from prunekit.llm.perp import perp_retrain, reconstruct
 
-    with VirtualDevice():
-        model = _gpt().to(VIRTUAL)
+    with dev.mode():
+        model = _gpt().to(dev.device)
         masks, _ = prune_llm(model, "wanda", 0.5, calibration=_ids(), nsamples=4, progress=False)
         perp_retrain(
             model, masks.to("cpu"), _ids(), "biases,norms,masklora", steps=2, batch_size=2,
             seqlen=32, progress=False,
         )  # fmt: skip
-        _all_virtual(model)
+        _all_on(dev, model)
         for name, p in model.named_parameters():
             if name in masks:
                 assert not p[~masks[name]].any(), name
-        model = _gpt().to(VIRTUAL)
+        model = _gpt().to(dev.device)
         masks, _ = reconstruct(
             model, "wanda", 0.5, None, _ids(), "scalelora", nsamples=4, seqlen=32, steps=2,
             batch_size=2, progress=False,
         )  # fmt: skip
-        _all_virtual(model, masks)
+        _all_on(dev, model, masks)
 
 
-def test_at_init_recipe_trains_on_the_default_device(monkeypatch):
+def test_at_init_recipe_trains_on_the_default_device(dev, monkeypatch):
     """``device=None`` means CUDA when present: here the virtual device stands in for it."""
     from conftest import toy_bundle
     from prunekit import _device
     from prunekit.training import TrainSpec
     from prunekit.training.dst_recipes import run_at_init
 
-    monkeypatch.setattr(_device, "default_device", lambda: VIRTUAL)
-    with VirtualDevice():
+    monkeypatch.setattr(_device, "default_device", lambda: dev.device)
+    with dev.mode():
         model = _mlp()
         spec = TrainSpec(epochs=1, batch_size=16, lr=0.05, lr_schedule="cosine")
         result = run_at_init(model, toy_bundle(features=8), spec, "snip", 0.8)
-        _all_virtual(model, result.masks)
+        _all_on(dev, model, result.masks)
 
 
 # ---------------------------------------------------------------------- 3. masks move once
 class _CountMaskCopies(TorchDispatchMode):
     """Counts boolean tensors copied to the virtual device (each mask move is one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device_type: str) -> None:
         super().__init__()
+        self.device_type = device_type
         self.count = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
@@ -328,24 +363,24 @@ class _CountMaskCopies(TorchDispatchMode):
             func is torch.ops.aten._to_copy.default
             and args[0].dtype == torch.bool
             and kwargs.get("device") is not None
-            and torch.device(kwargs["device"]) == VIRTUAL
+            and torch.device(kwargs["device"]).type == self.device_type
         ):
             self.count += 1
         return func(*args, **kwargs)
 
 
-def test_masks_on_another_device_are_moved_once_not_per_step():
-    with VirtualDevice():
+def test_masks_on_another_device_are_moved_once_not_per_step(dev):
+    with dev.mode():
         model = _mlp()
         masks = prunekit.compute_masks(model, 0.6, method="magnitude")  # CPU masks
-        model.to(VIRTUAL)
+        model.to(dev.device)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        with _CountMaskCopies() as copies:
+        with _CountMaskCopies(dev.device.type) as copies:
             masks.apply(model)
             handle = masks.attach(optimizer, model)
             for x, y in _batches(5):
                 optimizer.zero_grad()
-                nn.functional.cross_entropy(model(x.to(VIRTUAL)), y.to(VIRTUAL)).backward()
+                nn.functional.cross_entropy(model(x.to(dev.device)), y.to(dev.device)).backward()
                 optimizer.step()
                 masks.enforce(model, optimizer)
             masks.finalize(model)
@@ -353,8 +388,8 @@ def test_masks_on_another_device_are_moved_once_not_per_step():
         assert copies.count == len(masks)  # one move per mask, reused by every later call
         for name, p in model.named_parameters():
             if name in masks:
-                assert on_virtual(p) and not p[~masks[name]].any(), name
-                assert not masks[name].is_meta  # the caller's masks stay where they were
+                assert dev.holds(p) and not p[~masks[name]].any(), name
+                assert masks[name].device.type == "cpu"  # the caller's masks stay where they were
         # the moved copy is reused until the stored mask changes; then it is made again
         params = dict(model.named_parameters())
         name = next(iter(masks))
@@ -365,12 +400,73 @@ def test_masks_on_another_device_are_moved_once_not_per_step():
         assert again is not first and bool(again[0, 0].cpu()) == bool(masks[name][0, 0])
 
 
-def test_masks_already_on_the_parameters_device_are_not_copied():
-    with VirtualDevice():
-        model = _mlp().to(VIRTUAL)
+def test_masks_already_on_the_parameters_device_are_not_copied(dev):
+    with dev.mode():
+        model = _mlp().to(dev.device)
         masks = prunekit.compute_masks(model, 0.6, method="magnitude")
-        assert all(on_virtual(m) for m in masks.values())
-        with _CountMaskCopies() as copies:
+        assert all(dev.holds(m) for m in masks.values())
+        with _CountMaskCopies(dev.device.type) as copies:
             masks.apply(model)
             masks.enforce(model)
         assert copies.count == 0
+
+
+# ---------------------------------------------------------------------- the default device
+def test_train_device_auto_and_errors(monkeypatch):
+    from prunekit import _device
+    from prunekit.experiments.config import ConfigError, resolve
+
+    monkeypatch.setattr(_device, "default_device", lambda: torch.device("cuda", 3))
+    assert _device.resolve_device(None) == torch.device("cuda", 3)
+    assert _device.resolve_device("auto") == torch.device("cuda", 3)
+    assert _device.resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(
+        ValueError, match="--device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"
+    ):
+        _device.resolve_device("gpu", "--device")
+    base = {"name": "t", "model": {"name": "mlp"}, "data": {"name": "digits"}}
+    resolve({**base, "train": {"device": "auto"}})
+    with pytest.raises(ConfigError, match="train.device: expected 'auto'"):
+        resolve({**base, "train": {"device": "gpu"}})
+
+
+def test_runner_with_cuda_visible(dev, tmp_path, monkeypatch):
+    """``train.device: auto`` with CUDA present: the model trains there, the data stay on the
+    CPU, the run finishes and its final masks hold."""
+    from prunekit import _device
+    from prunekit.experiments.config import resolve
+    from prunekit.experiments.runner import run_experiment
+
+    monkeypatch.setattr(_device, "default_device", lambda: dev.device)
+    cfg = {
+        "name": "tiny",
+        "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
+        "data": {"name": "digits"},
+        "train": {"epochs": 0.5, "batch_size": 64, "lr": 0.05, "device": "auto"},
+        "prune": {"sparsity": 0.8},
+        "retrain": {"epochs": 0.25, "schedule": "llr"},
+        "output": str(tmp_path / "out"),
+    }
+    with dev.mode():
+        result = run_experiment(resolve(cfg), quiet=True)
+    assert result["final"]
+    masks = prunekit.MaskSet.load(next((tmp_path / "out").rglob("final/masks.safetensors")))
+    state = prunekit.load_compressed(next((tmp_path / "out").rglob("final/model.compressed*")))
+    assert abs(masks.sparsity - 0.8) < 1e-3
+    for name, mask in masks.items():
+        assert not state[name][~mask].any(), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_structured_save_and_load_on_cuda(tmp_path):
+    from prunekit import structured as st
+
+    torch.manual_seed(0)
+    model = prunekit.create_model("resnet20", width=8).cuda().eval()
+    x = torch.randn(2, 3, 16, 16, device="cuda")
+    small, _ = st.prune(model, x[:1], ratio=0.5)
+    out = st.save_pruned(small, tmp_path / "pruned", "resnet20", width=8)
+    again = st.load_pruned(out).cuda().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), small(x))
