@@ -139,14 +139,22 @@ def _peak_gib(device: torch.device) -> str:
 
 
 # ---------------------------------------------------------------------- 1. gpu-marked tests
-def gpu_tests(dry_run: bool) -> list[Row]:
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"]
+def gpu_tests() -> list[Row]:
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-o", "addopts=", "-q", "-rf"]
+    cmd += ["-p", "no:cacheprovider"]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    summary = lines[-1] if lines else proc.stderr.strip()[-200:]
+    counts = [
+        ln
+        for ln in lines
+        if " in " in ln and any(w in ln for w in ("passed", "skipped", "failed", "error"))
+    ]
+    summary = (
+        counts[-1] if counts else (lines[-1] if lines else proc.stderr.strip()[-200:])
+    ).strip("= ")
     failed = [ln.split(" ", 1)[1] for ln in lines if ln.startswith("FAILED ")]
     rows = [["1 gpu tests", "pytest -m gpu", "summary", summary, "", "", f"{seconds:.0f} s"]]
     rows += [["1 gpu tests", name[:60], "FAILED", "", "", "", ""] for name in failed]
@@ -394,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     rows: list[Row] = []
     if "1" in sections:
-        rows += gpu_tests(args.dry_run)
+        rows += gpu_tests()
     if "2" in sections:
         rows += llm_end_to_end(
             sizes, device, torch.bfloat16 if device.type == "cuda" else torch.float32

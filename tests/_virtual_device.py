@@ -62,6 +62,9 @@ class VirtualTensor(torch.Tensor):
         torch.Tensor.data.__set__(self, value)
         self.elem = value.elem if isinstance(value, VirtualTensor) else value
 
+    def tolist(self) -> Any:  # type: ignore[override]
+        return self.elem.tolist()  # works on CUDA tensors too (a copy to the host)
+
     def __repr__(self) -> str:  # type: ignore[override]
         return f"VirtualTensor({self.elem!r})"
 

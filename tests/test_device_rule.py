@@ -251,6 +251,22 @@ def test_structured_prune(dev):
         assert small(torch.randn(2, 3, 16, 16).to(dev.device)).shape == (2, 10)
 
 
+def test_structured_slimming_and_depth(dev):
+    from prunekit import structured as st
+
+    with dev.mode():
+        torch.manual_seed(0)
+        model = prunekit.create_model("resnet20", width=8).to(dev.device)
+        x = torch.randn(1, 3, 8, 8).to(dev.device)
+        groups, pruned, _ = st.plan_pruning(model, x, 0.5, "bn_scale")
+        reg = st.MaskSparsity.from_plan(model, groups, pruned, lam=1.0)
+        reg.penalty().backward()
+        assert reg.selected and all(dev.holds(m) for m in reg.selected.values())
+        _, dropped = st.prune_depth(model, x, 1)
+        assert len(dropped) == 1
+        _all_on(dev, model)
+
+
 def test_soups_and_batchnorm_recalibration(dev):
     from prunekit.soups import greedy_soup, recalibrate_batchnorm, uniform_soup
 
