@@ -427,6 +427,29 @@ def test_masks_already_on_the_parameters_device_are_not_copied(dev):
         assert copies.count == 0
 
 
+def test_like_helpers_follow_their_reference(dev):
+    from prunekit import _device as d
+
+    with dev.mode():
+        ref = torch.ones(2, 3, dtype=torch.float16).to(dev.device)
+        made = {
+            "zeros": d.zeros_like(ref, 4, 5),
+            "ones": d.ones_like(ref, (4, 5), dtype=torch.bool),
+            "empty": d.empty_like(ref, [4, 5]),
+            "full": d.full_like(ref, (4, 5), 7),
+            "arange": d.arange_like(ref, 2, 6),
+            "tensor": d.tensor_like(ref, [1, 2, 3]),
+        }
+        assert all(dev.holds(t) for t in made.values())
+        assert made["zeros"].shape == (4, 5) and made["zeros"].dtype == torch.float16
+        assert made["ones"].dtype == torch.bool and bool(made["ones"].all())
+        assert made["full"].cpu().eq(7).all() and made["full"].dtype == torch.float16
+        assert made["arange"].cpu().tolist() == [2, 3, 4, 5] and made["arange"].dtype == torch.long
+        assert made["tensor"].dtype == torch.long
+        assert d.device_of(nn.Linear(2, 2).to(dev.device)).type == dev.device.type
+        assert d.device_of(nn.ReLU()) == torch.device("cpu")
+
+
 # ---------------------------------------------------------------------- the default device
 def test_train_device_auto_and_errors(monkeypatch):
     from prunekit import _device

@@ -21,7 +21,7 @@ FORMAT = "prunekit.maskset/1"
 
 
 class MaskMismatchError(ValueError):
-    """A mask set does not fit a model (missing parameter, wrong shape or device)."""
+    """A mask set does not fit a model (missing parameter or wrong shape)."""
 
 
 class MaskSet(MutableMapping[str, Tensor]):
@@ -113,7 +113,8 @@ class MaskSet(MutableMapping[str, Tensor]):
     def placed(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The masks on the devices of ``params`` (name -> parameter), each moved at most once.
 
-        A moved copy is cached until that mask is replaced, so per-step callers pay no copy.
+        A moved copy is cached until that mask changes (replaced or edited in place), so
+        per-step callers pay no copy.
         """
         out = {}
         for name, param in params.items():
