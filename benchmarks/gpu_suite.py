@@ -1,4 +1,4 @@
-"""The GPU suite: one script, one table, five sections (about 5 minutes on one H100/H200).
+"""The GPU suite: one script, one table, five sections (sized for under 6 minutes on one H100/H200).
 
 1. the test suite's ``gpu``-marked tests (run in a subprocess: passed / failed / skipped);
 2. ``prune_llm`` on a ~1.1B LLaMA-architecture model built from a config (random weights, bf16,
