@@ -12,6 +12,11 @@ Three checks, all on a CPU-only machine:
    the LLM engine) run there with their data on the CPU, and every tensor they return must be
    on the model's device.
 3. Masks on another device than their parameters are moved once and reused, not per step.
+
+Every test of 2 and 3 takes the ``dev`` fixture: the virtual device always, and a real GPU as a
+``gpu``-marked copy of the same test when CUDA is present. ``train.device: auto`` is tested by
+standing the virtual device in for ``prunekit._device.default_device`` (what CUDA being present
+changes); ``PRUNEKIT_VIRTUAL_CUDA=1`` does the same for the whole suite (see ``conftest.py``).
 """
 
 from __future__ import annotations
