@@ -317,6 +317,30 @@ def test_llm_engine_model_on_the_device(dev, method, pattern):
         _all_on(dev, model, masks)
 
 
+@pytest.mark.parametrize("on_device", [True, False], ids=["model-on-device", "blocks-visit"])
+def test_llm_engine_transformers_llama(dev, on_device):
+    pytest.importorskip("transformers")
+    import transformers as T
+
+    from _llm_tiny import tiny_config, tokens
+    from prunekit.llm import prune_llm
+
+    with dev.mode():
+        torch.manual_seed(0)
+        model = T.AutoModelForCausalLM.from_config(tiny_config("llama"))
+        if on_device:
+            model.to(dev.device)
+        masks, _ = prune_llm(
+            model, "sparsegpt", 0.5, calibration=tokens(), nsamples=4, seqlen=32, batch_size=2,
+            device=dev.device, progress=False,
+        )  # fmt: skip
+        assert len(masks) == 14
+        for name, p in model.named_parameters():
+            assert dev.holds(p) == on_device, name
+            if name in masks:
+                assert masks[name].device == p.device and not p[~masks[name]].any(), name
+
+
 def test_llm_engine_blocks_visit_the_device_and_masks_come_home(dev):
     from prunekit.llm import prune_llm
 
