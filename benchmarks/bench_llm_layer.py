@@ -65,7 +65,7 @@ def wanda_reference(w: torch.Tensor, scaler_row: torch.Tensor, sparsity: float, 
 
 def wanda_scaler_published(x: torch.Tensor, batch: int) -> torch.Tensor:
     """scaler_row as the Wanda code accumulates it: running mean of squared column norms."""
-    scaler = torch.zeros(x.shape[1])
+    scaler = torch.zeros(x.shape[1], device=x.device)
     nsamples = 0
     for chunk in x.split(batch):
         tmp = 1
@@ -83,7 +83,7 @@ def sparsegpt_reference(w, h, sparsity, nm=None, blocksize=128, percdamp=0.01):
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
     w[:, dead] = 0
-    h += percdamp * torch.mean(torch.diag(h)) * torch.eye(cols)
+    h += percdamp * torch.mean(torch.diag(h)) * torch.eye(cols, device=h.device)
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)

@@ -87,3 +87,23 @@ def mlp() -> nn.Module:
 @pytest.fixture
 def cnn() -> nn.Module:
     return toy_cnn()
+
+
+@pytest.fixture(autouse=True)
+def virtual_cuda(request, monkeypatch):
+    """With ``PRUNEKIT_VIRTUAL_CUDA=1`` every test runs as if CUDA were present: the default
+    device (``train.device: auto``, ``Trainer(device=None)``) is the virtual second device of
+    ``tests/_virtual_device.py``, so tensors left on the CPU raise as they would on a GPU."""
+    import os
+
+    if os.environ.get("PRUNEKIT_VIRTUAL_CUDA") != "1" or request.node.get_closest_marker("gpu"):
+        yield
+        return
+    if "torch_compile" in request.node.name:
+        pytest.skip("torch.compile does not trace under a Python dispatch mode")
+    from _virtual_device import VIRTUAL, VirtualDevice
+    from prunekit import _device
+
+    monkeypatch.setattr(_device, "default_device", lambda: VIRTUAL)
+    with VirtualDevice():
+        yield

@@ -169,6 +169,7 @@ def test_bf16_autocast_on_cpu_keeps_sparsity() -> None:
         assert torch.equal(named[name] != 0, keep)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_auto_mixed_precision_and_peak_memory() -> None:
     model, masks = _pruned_gpt()

@@ -82,7 +82,7 @@ def test_imp_weight_rewinding_restores_theta_k_for_survivors():
     spec = TrainSpec(epochs=2, batch_size=20, lr=0.0, lr_schedule="constant", weight_decay=0.0)
     r = run_imp(model, toy_bundle(), spec, PruneSpec(0.5), phases=2, rewind="weights")
     for name, mask in r.masks.items():
-        assert torch.equal(model.state_dict()[name], init[name] * mask)
+        assert torch.equal(model.state_dict()[name].cpu(), init[name] * mask.cpu())
 
 
 def test_bimp_splits_the_budget_and_uses_allr():

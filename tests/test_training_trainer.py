@@ -142,6 +142,7 @@ def test_epochs_and_data_order_are_deterministic():
     assert seen.numel() == 96  # one epoch visits every example once
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_amp_keeps_masks():
     data = _data()

@@ -69,7 +69,7 @@ def load_compressed(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         shape = tuple(entry["shape"])
         keep = unpack_bits(tensors[f"{name}/bitmask"], shape).reshape(-1)
         values = tensors[f"{name}/values"]
-        dense = torch.zeros(keep.numel(), dtype=getattr(torch, entry["dtype"]))
+        dense = torch.zeros(keep.numel(), dtype=getattr(torch, entry["dtype"]), device=keep.device)
         dense[keep] = values
         state[name] = dense.reshape(shape)
     return state

@@ -21,7 +21,7 @@ FORMAT = "prunekit.maskset/1"
 
 
 class MaskMismatchError(ValueError):
-    """A mask set does not fit a model (missing parameter, wrong shape or device)."""
+    """A mask set does not fit a model (missing parameter or wrong shape)."""
 
 
 class MaskSet(MutableMapping[str, Tensor]):
@@ -29,6 +29,9 @@ class MaskSet(MutableMapping[str, Tensor]):
 
     def __init__(self, masks: Mapping[str, Tensor] | None = None) -> None:
         self._masks: dict[str, Tensor] = {}
+        # name -> (version of the stored mask, its copy on the parameter's device): made once by
+        # ``placed`` and made again only when the stored mask changes (in place or replaced)
+        self._moved: dict[str, tuple[int, Tensor]] = {}
         self.metadata: dict[str, Any] = {}
         for name, mask in (masks or {}).items():
             self[name] = mask
@@ -46,9 +49,11 @@ class MaskSet(MutableMapping[str, Tensor]):
                 f"{getattr(mask, 'dtype', type(mask).__name__)}"
             )
         self._masks[name] = mask
+        self._moved.pop(name, None)
 
     def __delitem__(self, name: str) -> None:
         del self._masks[name]
+        self._moved.pop(name, None)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._masks)
@@ -88,8 +93,11 @@ class MaskSet(MutableMapping[str, Tensor]):
     def validate(self, model: nn.Module) -> dict[str, nn.Parameter]:
         """Check every mask against ``model``; return the masked parameters by name.
 
+        A mask on another device than its parameter is fine: :meth:`apply`, :meth:`enforce`,
+        :meth:`attach` and :meth:`finalize` move it there once and reuse the moved copy.
+
         Raises:
-            MaskMismatchError: names the first parameter that is missing or mismatched.
+            MaskMismatchError: names the first parameter that is missing or has another shape.
         """
         params = dict(model.named_parameters())
         for name, mask in self._masks.items():
@@ -100,25 +108,38 @@ class MaskSet(MutableMapping[str, Tensor]):
                 raise MaskMismatchError(
                     f"masks: {name!r} has shape {tuple(mask.shape)}, the parameter has {tuple(param.shape)}"
                 )
-            if mask.device != param.device:
-                raise MaskMismatchError(
-                    f"masks: {name!r} is on {mask.device}, the parameter on {param.device}; "
-                    "call masks.to(device)"
-                )
         return {n: params[n] for n in self._masks}
+
+    def placed(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The masks on the devices of ``params`` (name -> parameter), each moved at most once.
+
+        A moved copy is cached until that mask changes (replaced or edited in place), so
+        per-step callers pay no copy.
+        """
+        out = {}
+        for name, param in params.items():
+            mask = self._masks[name]
+            if mask.device != param.device:
+                version, moved = self._moved.get(name, (-1, None))
+                if moved is None or moved.device != param.device or version != mask._version:
+                    moved = mask.to(param.device)
+                    self._moved[name] = (mask._version, moved)
+                mask = moved
+            out[name] = mask
+        return out
 
     @torch.no_grad()
     def apply(self, model: nn.Module) -> None:
         """Zero the pruned weights of ``model`` in place (no temporary copies)."""
         params = self.validate(model)
-        for name, param in params.items():
-            _zero_where_pruned(param, self._masks[name])
+        for name, mask in self.placed(params).items():
+            _zero_where_pruned(params[name], mask)
 
     @torch.no_grad()
     def enforce(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Zero pruned weights and their optimizer state; call after each ``optimizer.step()``."""
         params = self.validate(model)
-        _zero_pruned(params, self._masks, optimizer)
+        _zero_pruned(params, self.placed(params), optimizer)
 
     def attach(
         self, optimizer: torch.optim.Optimizer, model: nn.Module, fast: bool = True
@@ -145,12 +166,15 @@ class MaskSet(MutableMapping[str, Tensor]):
         """Keep only what both keep (a parameter in one set only keeps that set's mask)."""
         out = self.clone()
         for name, mask in other.items():
-            out[name] = out[name] & mask if name in out else mask.clone()
+            out[name] = out[name] & mask.to(out[name].device) if name in out else mask.clone()
         return out
 
     def is_subset_of(self, other: MaskSet) -> bool:
         """True when every entry kept here is also kept in ``other`` (pruning only went further)."""
-        return all(name in other and not bool((m & ~other[name]).any()) for name, m in self.items())
+        return all(
+            name in other and not bool((m & ~other[name].to(m.device)).any())
+            for name, m in self.items()
+        )
 
     @classmethod
     def from_model(cls, model: nn.Module, names: list[str] | None = None) -> MaskSet:
@@ -255,7 +279,7 @@ class MaskEnforcer:
     ) -> None:
         self.masks = masks
         self._params = masks.validate(model)
-        self._keep = dict(masks.items())
+        self._keep = masks.placed(self._params)
         self._multipliers = (
             {n: m.to(self._params[n].dtype) for n, m in self._keep.items()} if fast else None
         )

@@ -62,7 +62,7 @@ class _Sums:
 def _sums(weight: Tensor, mask: Tensor | None, p: float, q: float) -> _Sums:
     w = weight.detach().reshape(-1)
     if mask is not None:
-        w = w[mask.reshape(-1)]
+        w = w[mask.reshape(-1).to(w.device)]
         count = w.numel()
     else:
         count = int((w != 0).sum())

@@ -73,7 +73,7 @@ def _prepare(
         if not isinstance(masks, MaskSet):
             raise TypeError(f"masks: expected a MaskSet, got {type(masks).__name__}")
         masks.validate(model)
-        existing = {n: masks[n] for n in params if n in masks}
+        existing = masks.placed({n: p for n, p in params.items() if n in masks})  # moved once
     if not criterion.elementwise_of_weights:
         for name, param in params.items():
             if not torch.isfinite(param.detach()).all():

@@ -42,7 +42,8 @@ class Scores:
 
     def gather(self, name: str, flat_index: Tensor) -> Tensor:
         """Scores at the given flat positions."""
-        return self.full(name).reshape(-1)[flat_index]
+        full = self.full(name).reshape(-1)
+        return full[flat_index.to(full.device)]
 
 
 class TensorScores(Scores):
@@ -97,7 +98,8 @@ class ElementwiseScores(Scores):
         return self._fn(weights)
 
     def gather(self, name: str, flat_index: Tensor) -> Tensor:
-        return self._fn(self._params[name].detach().reshape(-1)[flat_index])
+        flat = self._params[name].detach().reshape(-1)
+        return self._fn(flat[flat_index.to(flat.device)])
 
 
 def materialize(scores: Scores, names: Iterable[str] | None = None) -> TensorScores:

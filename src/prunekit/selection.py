@@ -65,10 +65,10 @@ def _sample(
     parts = []
     for name, size in zip(names, sizes):
         count = max(1, round(SAMPLE * size / total))
-        index = torch.randint(size, (count,), generator=generator)
+        index = torch.randint(size, (count,), generator=generator, device="cpu")  # seeded draw
         values = scores.gather(name, index).float()
         if name in existing:
-            values = values[existing[name].reshape(-1)[index]]
+            values = values[existing[name].reshape(-1)[index.to(existing[name].device)]]
         parts.append(values)
     return torch.cat(parts)
 
@@ -213,7 +213,8 @@ def keep_masks_lowest_pruned(
         ValueError: ``k`` is smaller than the number already pruned, or larger than the total.
         NonFiniteScoreError: a score is NaN or infinite.
     """
-    existing = {n: existing[n] for n in names if existing and n in existing}
+    # the earlier masks may sit elsewhere (e.g. CPU masks, scores on a GPU): move them once
+    existing = {n: existing[n].to(scores.device(n)) for n in names if existing and n in existing}
     total = sum(scores.numel(n) for n in names)
     already = sum(existing[n].numel() - int(torch.count_nonzero(existing[n])) for n in existing)
     if not 0 <= k <= total:

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-_BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+_BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device="cpu")
 
 
 def pack_bits(mask: Tensor) -> Tensor:
@@ -31,7 +31,7 @@ def unpack_bits(packed: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
     numel = 1
     for size in shape:
         numel *= size
-    bits = packed.reshape(-1, 1).bitwise_and(_BIT_WEIGHTS).ne(0).reshape(-1)
+    bits = packed.reshape(-1, 1).bitwise_and(_BIT_WEIGHTS.to(packed.device)).ne(0).reshape(-1)
     if bits.numel() < numel:
         raise ValueError(f"packed mask holds {bits.numel()} bits, fewer than {numel} entries")
     return bits[:numel].reshape(shape)

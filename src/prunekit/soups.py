@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunekit._device import device_of
 from prunekit.masks import MaskSet
 from prunekit.serialization import load_safetensors, save_safetensors, write_json
 
@@ -190,8 +191,11 @@ def recalibrate_batchnorm(
     tensors or tuples whose first item is the input. Use ``num_batches`` or ``fraction`` (of
     ``len(data)``; the paper forwards 20% of the training set) to stop early.
 
+    ``device`` defaults to the model's: batches on the CPU are moved there one at a time.
+
     Returns the number of batches forwarded (0 and nothing done when there is no BatchNorm).
     """
+    device = device if device is not None else device_of(model)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return 0
@@ -234,7 +238,10 @@ def recalibrate_batchnorm(
 def evaluate_accuracy(
     model: nn.Module, data: Iterable[Any], device: torch.device | str | None = None
 ) -> float:
-    """Top-1 accuracy of ``model`` in eval mode over ``(inputs, labels)`` batches."""
+    """Top-1 accuracy of ``model`` in eval mode over ``(inputs, labels)`` batches.
+
+    ``device`` defaults to the model's; each batch is moved there."""
+    device = device if device is not None else device_of(model)
     was = model.training
     model.eval()
     correct = total = 0
@@ -257,6 +264,7 @@ def prediction_ensemble(
     """Accuracy of the averaged softmax of ``models`` (eval mode) over ``(inputs, labels)``."""
     if not models:
         raise ValueError("models: expected at least one model")
+    device = device if device is not None else device_of(models[0])
     modes = [m.training for m in models]
     for m in models:
         m.eval()

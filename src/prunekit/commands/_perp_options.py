@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from prunekit._device import resolve_device
+
 
 def add_perp_arguments(p: argparse.ArgumentParser) -> None:
     """Add ``--retrain perp``, ``--params`` ... ``--reconstruct`` to the prune-llm parser."""
@@ -138,7 +140,7 @@ def check_perp_args(model: Any, args: argparse.Namespace, tok: Any) -> None:
                     groups,
                     tokenizer=tok,
                     amp=None if args.amp == "off" else args.amp,
-                    device=args.device,
+                    device=resolve_device(args.device, "--device"),
                     adapter=args.adapter,
                 )
             except ValueError as err:
@@ -181,7 +183,7 @@ def reconstruct_from_args(model: Any, args: argparse.Namespace, calibration: Any
         percdamp=args.percdamp,
         include=args.include,
         exclude=args.exclude,
-        device=args.device,
+        device=resolve_device(args.device, "--device"),
         adapter=args.adapter,
         seed=args.seed,
         progress=not args.no_progress,
@@ -208,7 +210,7 @@ def retrain_from_args(model: Any, masks: Any, args: argparse.Namespace, data: An
         alpha=args.lora_alpha,
         gradient_checkpointing=args.gradient_checkpointing,
         amp=None if args.amp == "off" else args.amp,
-        device=args.device,
+        device=resolve_device(args.device, "--device"),
         adapter=args.adapter,
         seed=args.seed,
         progress=not args.no_progress,

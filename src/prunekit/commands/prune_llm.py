@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from prunekit._device import resolve_device
 from prunekit.commands._common import (
     add_progress_argument,
     add_threads_argument,
@@ -132,8 +133,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--device",
-        default=None,
-        help="where blocks are processed, e.g. cuda (default: the model's)",
+        default="auto",
+        help="where blocks are processed: auto (CUDA when present), cpu, cuda:N "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--offload",
@@ -269,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
             magnitude_scope=args.magnitude_scope,
             blocksize=args.blocksize,
             percdamp=args.percdamp,
-            device=args.device,
+            device=resolve_device(args.device, "--device"),
             offload=args.offload,
             adapter=args.adapter,
             seed=args.seed,

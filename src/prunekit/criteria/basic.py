@@ -27,7 +27,8 @@ class Random(Criterion):
         generator = torch.Generator().manual_seed(seed)
         return TensorScores(
             {
-                name: torch.rand(p.shape, generator=generator).to(p.device)
+                # drawn on the CPU: one seed gives the same mask on every device
+                name: torch.rand(p.shape, generator=generator, device="cpu").to(p.device)
                 for name, p in params.items()
             }
         )

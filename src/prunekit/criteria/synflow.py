@@ -145,7 +145,7 @@ def _prune_lowest(
     flat = torch.cat(
         [scores[n].masked_fill(~current[n], -math.inf).reshape(-1).cpu() for n in names]
     )
-    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)  # one CPU sort
     keep[flat.sort(stable=True).indices[:k]] = False
     parts = keep.split([scores[n].numel() for n in names])
     return {n: part.reshape(scores[n].shape).to(current[n].device) for n, part in zip(names, parts)}

@@ -120,6 +120,13 @@ class TrainConfig:
             raise ConfigError(f"{_key(path, 'batch_size')}: expected a positive integer")
         if self.lr <= 0:
             raise ConfigError(f"{_key(path, 'lr')}: expected a positive number")
+        if self.device is not None:
+            from prunekit._device import resolve_device
+
+            try:
+                resolve_device(self.device)
+            except ValueError as exc:
+                raise ConfigError(f"{_key(path, 'device')}: {str(exc).split(': ', 1)[1]}") from None
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"{_key(path, 'threads')}: expected a positive integer or null")
         if self.checkpoint_every < 1:

@@ -73,7 +73,7 @@ def prune_filters(
         n_prune = int(round(sparsity * total))
         allv = torch.cat([v.float().cpu() for v in norms.values()])
         order = torch.argsort(allv, stable=True)
-        pruned = torch.zeros(total, dtype=torch.bool)
+        pruned = torch.zeros(total, dtype=torch.bool, device=allv.device)
         pruned[order[:n_prune]] = True
         offset = 0
         for name, values in norms.items():
@@ -117,7 +117,12 @@ def _rank_for(
     sq = s.double().pow(2)
     cum = sq.cumsum(0) / sq.sum().clamp(min=1e-300)
     return max(
-        1, min(full, int(torch.searchsorted(cum, torch.tensor(energy, dtype=cum.dtype))) + 1)
+        1,
+        min(
+            full,
+            int(torch.searchsorted(cum, torch.tensor(energy, dtype=cum.dtype, device=cum.device)))
+            + 1,
+        ),
     )
 
 

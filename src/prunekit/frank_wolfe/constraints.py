@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from prunekit._device import arange_like
 from prunekit.registry import Registry
 
 CONSTRAINTS: Registry = Registry("constraint")
@@ -71,7 +72,7 @@ def k_support_norm(x: Tensor, k: int) -> Tensor:
         return z.sum().to(x.dtype)
     tail = z.flip(0).cumsum(0).flip(0)  # tail[j] = sum_{i >= j} z_i (0-indexed)
     head_sq = torch.cat([z.new_zeros(1), (z * z).cumsum(0)])  # head_sq[j] = sum_{i < j} z_i^2
-    r = torch.arange(k, dtype=torch.long)
+    r = arange_like(z, k)  # on the weights' device (the device rule)
     j = k - r - 1  # 0-indexed position of z_{k-r} (1-indexed)
     mean = tail[j] / (r + 1).double()
     upper = torch.where(j > 0, z[(j - 1).clamp(min=0)], torch.full_like(mean, math.inf))
@@ -452,7 +453,7 @@ def top_singular(
         basis = state.get("basis")
         if basis is None or basis.shape != (1, cols, k):
             gen = torch.Generator(device="cpu").manual_seed(0)
-            basis = torch.randn(cols, k, generator=gen).to(work.device, work.dtype)
+            basis = torch.randn(cols, k, generator=gen, device="cpu").to(work.device, work.dtype)
         else:
             basis = basis[0]
         for _ in range(max(iters, 1)):

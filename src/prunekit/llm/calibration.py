@@ -177,5 +177,7 @@ def load_calibration(
             f"{seqlen + 1}; lower seqlen or give more text"
         )
     generator = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, tokens.numel() - seqlen, (nsamples,), generator=generator)
+    starts = torch.randint(
+        0, tokens.numel() - seqlen, (nsamples,), generator=generator, device="cpu"
+    )
     return torch.stack([tokens[s : s + seqlen] for s in starts.tolist()])

@@ -524,6 +524,9 @@ class _Engine:
                     outs[b] = out
                 if home is not None:
                     block.to(home)
+                    for name in modules:  # masks follow their weights home (the device rule)
+                        if f"{name}.weight" in masks:
+                            masks[f"{name}.weight"] = masks[f"{name}.weight"].to(home)
                 inps, outs = outs, inps
                 inputs.hidden = inps
                 error = err_num / err_den if err_den else 0.0

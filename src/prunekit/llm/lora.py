@@ -82,11 +82,23 @@ class AdapterLinear(nn.Module):
             a = torch.full((rank, cols), value, **kw)
             b = torch.full((rows, rank), value, **kw)
             if scale_init_noise:
-                a += scale_init_noise * value * torch.randn(a.shape, generator=generator).to(a)
-                b += scale_init_noise * value * torch.randn(b.shape, generator=generator).to(b)
+                a += (
+                    scale_init_noise
+                    * value
+                    * torch.randn(a.shape, generator=generator, device="cpu").to(a)
+                )
+                b += (
+                    scale_init_noise
+                    * value
+                    * torch.randn(b.shape, generator=generator, device="cpu").to(b)
+                )
         else:  # LoRA init: A random (Kaiming-uniform as in the LoRA paper's code), B zero
             bound = 1.0 / math.sqrt(cols)
-            a = (torch.rand((rank, cols), generator=generator) * 2 - 1).mul_(bound).to(**kw)
+            a = (
+                (torch.rand((rank, cols), generator=generator, device="cpu") * 2 - 1)
+                .mul_(bound)
+                .to(**kw)
+            )
             b = torch.zeros((rows, rank), **kw)
         self.lora_A = nn.Parameter(a)
         self.lora_B = nn.Parameter(b)

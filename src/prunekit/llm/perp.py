@@ -224,14 +224,14 @@ def _mask_tokens(
     """BERT's masking: pick ``probability`` of the positions (at least one); of those, 80 %
     become ``mask_id``, 10 % a random token, 10 % stay. Returns (inputs, labels with -100 at
     the positions that are not predicted)."""
-    pick = torch.rand(batch.shape, generator=gen) < probability
-    pick.view(-1)[torch.randint(0, batch.numel(), (1,), generator=gen)] = True
+    pick = torch.rand(batch.shape, generator=gen, device=gen.device) < probability
+    pick.view(-1)[torch.randint(0, batch.numel(), (1,), generator=gen, device=gen.device)] = True
     labels = torch.where(pick, batch, torch.full_like(batch, -100))
-    roll = torch.rand(batch.shape, generator=gen)
+    roll = torch.rand(batch.shape, generator=gen, device=gen.device)
     inputs = batch.clone()
     inputs[pick & (roll < 0.8)] = mask_id
     rand = pick & (roll >= 0.8) & (roll < 0.9)
-    inputs[rand] = torch.randint(0, vocab, (int(rand.sum()),), generator=gen)
+    inputs[rand] = torch.randint(0, vocab, (int(rand.sum()),), generator=gen, device=gen.device)
     return inputs, labels
 
 
@@ -485,7 +485,7 @@ def perp_retrain(
     try:
         with ckpt if ckpt is not None else contextlib.nullcontext() as ckpt_kind:
             for step in bar:
-                idx = torch.randint(0, windows.shape[0], (batch_size,), generator=gen)
+                idx = torch.randint(0, windows.shape[0], (batch_size,), generator=gen, device="cpu")
                 batch = windows[idx]
                 if objective == "masked":
                     inputs, labels = _mask_tokens(
@@ -736,6 +736,8 @@ def reconstruct(
                     outs[b] = _run_block(chosen, block, inputs, b, inps[b], dev)
             if home is not None:
                 block.to(home)
+                for name in modules:  # masks follow their weights home (the device rule)
+                    masks[f"{name}.weight"] = masks[f"{name}.weight"].to(home)
             inps, outs = outs, inps
             inputs.hidden = inps
             row.update(
@@ -832,7 +834,7 @@ def _train_block(
     batched = True
     try:
         for _ in range(steps):
-            idx = torch.randint(0, n, (min(batch_size, n),), generator=gen).tolist()
+            idx = torch.randint(0, n, (min(batch_size, n),), generator=gen, device="cpu").tolist()
             opt.zero_grad(set_to_none=True)
             total = 0.0
             loss = _batched_loss(adapter, block, inputs, inps, outs, dev, idx) if batched else None

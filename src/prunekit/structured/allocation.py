@@ -96,7 +96,7 @@ def allocate(
         keep = _round_keep(g.size - len(positions), g.size, _step(g, round_to), 1)
         n_prune = g.size - keep
         if n_prune > 0:
-            plan[gi] = torch.tensor(positions[:n_prune], dtype=torch.long)
+            plan[gi] = torch.tensor(positions[:n_prune], dtype=torch.long, device="cpu")  # metadata
     return plan
 
 

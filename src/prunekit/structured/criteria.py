@@ -57,9 +57,17 @@ def _scored_members(model: nn.Module, group: ChannelGroup, params: dict[str, Ten
         yield member, p, axis
 
 
+def _group_device(group: ChannelGroup, params: dict[str, Tensor]) -> torch.device:
+    """The device of the group's tensors (the CPU for a group that holds none)."""
+    for name, _axis in group.members:
+        if name in params:
+            return params[name].device
+    return torch.device("cpu")
+
+
 def _per_component(group: ChannelGroup, member, values: Tensor) -> Tensor:
     """Sum per-index values (along the member axis) into per-component values."""
-    return values[group.member_index(member)].sum(1)
+    return values[group.member_index(member).to(values.device)].sum(1)
 
 
 def _axis_reduce(p: Tensor, axis: int, fn: Callable[[Tensor], Tensor]) -> Tensor:
@@ -118,7 +126,7 @@ def fpgm(model: nn.Module, group: ChannelGroup, params: dict[str, Tensor], **_) 
     scores = []
     for m, p, ax in _scored_members(model, group, params):
         t = p.detach().float().movedim(ax, 0).reshape(p.shape[ax], -1)
-        vecs = t[group.member_index(m)].reshape(group.size, -1)
+        vecs = t[group.member_index(m).to(t.device)].reshape(group.size, -1)
         scores.append(torch.cdist(vecs[None], vecs[None])[0].sum(1))
     return scores
 
@@ -127,8 +135,9 @@ def fpgm(model: nn.Module, group: ChannelGroup, params: dict[str, Tensor], **_) 
 def random(
     model: nn.Module, group: ChannelGroup, params: dict[str, Tensor], *, generator=None, **_
 ) -> list[Tensor]:
-    """Uniform random scores (a baseline)."""
-    return [torch.rand(group.size, generator=generator)]
+    """Uniform random scores (a baseline), drawn on the CPU so a seed means one plan everywhere."""
+    scores = torch.rand(group.size, generator=generator, device="cpu")
+    return [scores.to(_group_device(group, params))]
 
 
 _REDUCTIONS = {
@@ -170,6 +179,6 @@ def group_importance(
         raise ValueError(f"reduction: expected 'sum', 'mean' or 'max', got {reduction!r}")
     parts = fn(model, group, _tensors(model), generator=generator)
     if not parts:
-        return torch.zeros(group.size)
+        return torch.zeros(group.size, device=_group_device(group, _tensors(model)))
     scores = _REDUCTIONS[reduction](torch.stack(parts))
     return normalize_scores(scores, normalizer)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prunekit._device import device_of
 from prunekit.structured.graph import _call
 
 __all__ = ["block_influence", "drop_blocks", "find_block_container", "prune_depth"]
@@ -45,7 +46,7 @@ def block_influence(model: nn.Module, example_inputs: Any, container: str | None
     """``1 - cos(x_in, x_out)`` of every block of ``container`` (inf where shapes differ)."""
     name = container or find_block_container(model)
     blocks = model.get_submodule(name)
-    scores = torch.full((len(blocks),), float("inf"))
+    scores = torch.full((len(blocks),), float("inf"), device=device_of(blocks))
     handles = []
 
     def hook(i: int):

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit._device import device_of
 from prunekit.serialization import load_safetensors, save_safetensors, write_json
 
 __all__ = ["load_pruned", "save_pruned"]
@@ -187,14 +188,20 @@ def load_pruned(path: str | os.PathLike[str], map_location: str = "cpu") -> nn.M
             if p is None or list(p.shape) != shape:
                 requires_grad = True if p is None else p.requires_grad
                 module._parameters[pname] = nn.Parameter(
-                    torch.empty(shape, dtype=p.dtype if p is not None else torch.float32),
+                    torch.empty(
+                        shape,
+                        dtype=p.dtype if p is not None else torch.float32,
+                        device=device_of(module),
+                    ),
                     requires_grad=requires_grad,
                 )
         for bname, shape in rec["buffers"].items():
             b = module._buffers.get(bname)
             if b is None or list(b.shape) != shape:
                 module._buffers[bname] = torch.empty(
-                    shape, dtype=b.dtype if b is not None else torch.float32
+                    shape,
+                    dtype=b.dtype if b is not None else torch.float32,
+                    device=device_of(module),
                 )
         for key, value in rec["attrs"].items():
             setattr(module, key, _decode(value))

@@ -31,9 +31,10 @@ def keep_indices(
     for gi, positions in pruned.items():
         group = groups[gi]
         for member in group.members:
-            rows = group.member_index(member)[positions].reshape(-1)
+            # the graph's indices are CPU metadata; ``shrink`` moves them to each tensor's device
+            rows = group.member_index(member)[positions.cpu()].reshape(-1)
             if member not in masks:
-                masks[member] = torch.ones(sizes[member], dtype=torch.bool)
+                masks[member] = torch.ones(sizes[member], dtype=torch.bool, device=rows.device)
             masks[member][rows] = False
     return {m: mask.nonzero().flatten() for m, mask in masks.items()}
 

@@ -116,7 +116,8 @@ class MaskSparsity(NetworkSlimming):
                     mask = selected.setdefault(
                         name, torch.zeros_like(scales[name], dtype=torch.bool)
                     )
-                    mask[groups[gi].member_index(member)[positions].reshape(-1)] = True
+                    rows = groups[gi].member_index(member)[positions.cpu()].reshape(-1)
+                    mask[rows.to(mask.device)] = True
         return cls(model, selected, lam)
 
     def penalty(self) -> Tensor:

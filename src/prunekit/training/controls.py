@@ -22,7 +22,7 @@ def shuffle_masks(masks: MaskSet, seed: int = 0) -> MaskSet:
     out = MaskSet()
     for name, mask in masks.items():
         flat = mask.reshape(-1).cpu()
-        perm = torch.randperm(flat.numel(), generator=gen)
+        perm = torch.randperm(flat.numel(), generator=gen, device="cpu")
         out[name] = flat[perm].reshape(mask.shape).to(mask.device)
     return out
 

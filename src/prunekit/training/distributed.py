@@ -62,7 +62,11 @@ def masks_identical_across_ranks(masks: MaskSet) -> bool:
     """True when every rank holds exactly the same masks (checked by comparing to rank 0)."""
     if not is_distributed():
         return True
-    same = torch.ones(1)
+    # NCCL reduces CUDA tensors only; gloo reduces CPU ones
+    on = (
+        torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    )
+    same = torch.ones(1, device=on)
     for name in sorted(masks):
         mine = masks[name].to(torch.uint8)
         ref = mine.clone()

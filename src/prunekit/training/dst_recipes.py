@@ -246,7 +246,9 @@ class ShuffledBatches:
         return -(-len(self.data) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(self.seed))
+        order = torch.randperm(
+            len(self.data), generator=torch.Generator().manual_seed(self.seed), device="cpu"
+        )
         for start in range(0, len(order), self.batch_size):
             yield self.data[order[start : start + self.batch_size]]
 

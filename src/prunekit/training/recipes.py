@@ -180,8 +180,9 @@ def pruning_norm_change(
     kept_before, kept_after = 0, 0
     for name, mask in after.items():
         w = params[name].detach()
+        mask = mask.to(w.device)  # masks may sit elsewhere (e.g. on the CPU): once per phase
         if before is not None and name in before:
-            w = w * before[name]
+            w = w * before[name].to(w.device)
             kept_before += int(before[name].sum())
         else:
             kept_before += mask.numel()

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunekit._device import resolve_device
 from prunekit.data.base import DatasetBundle
 from prunekit.frank_wolfe.compress import low_rank, prune_filters
 from prunekit.frank_wolfe.groups import constraints_for_model
@@ -218,7 +219,7 @@ def _bn_batches(model: nn.Module, data: DatasetBundle, batch_size: int, count: i
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return []
     gen = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(data.train), generator=gen)[: count * batch_size]
+    order = torch.randperm(len(data.train), generator=gen, device="cpu")[: count * batch_size]
     x = data.train.x[order]
     return [(x[i : i + batch_size],) for i in range(0, len(x), batch_size)]
 
@@ -288,7 +289,7 @@ def run_sfw(
     original = original_schedule(train, data)
     targets = sfw.targets if sfw is not None else None
     # the Trainer's default device; compression and evaluation run there too
-    device = torch.device(train.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(train.device, "train.device")
     model.to(device)
 
     dense_its = 0

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunekit._device import resolve_device
 from prunekit.data.base import DatasetBundle, TensorData
 from prunekit.masks import MaskSet
 from prunekit.schedules import IMP
@@ -169,7 +170,9 @@ def _batches(
 def _bn_batches(data: TensorData, batch_size: int, fraction: float, seed: int) -> list[Any]:
     """A fixed random ``fraction`` of the training set (un-augmented) for BatchNorm statistics."""
     count = max(1, math.ceil(fraction * len(data)))
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count]
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed), device="cpu")[
+        :count
+    ]
     subset = data.subset(order)
     return [(x,) for x, _ in _batches(subset, batch_size)]
 
@@ -335,7 +338,7 @@ def run_soups(
         ).fit(resume=True)
         dense_its = original.total
     # the Trainer's default device; everything (evaluation, soups, ensemble) runs there
-    device = torch.device(train.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(train.device, "train.device")
     model.to(device)
     dense = _metrics(model, data)
     val_batches = _batches(data.val, 512)

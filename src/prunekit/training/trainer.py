@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prunekit._device import resolve_device
 from prunekit.data.base import TensorData
 from prunekit.masks import MaskEnforcer, MaskSet
 from prunekit.training.checkpoint import checkpoint_file, load_checkpoint, save_checkpoint
@@ -153,7 +154,8 @@ class Trainer:
         loss_fn: ``f(outputs, targets) -> loss`` (default cross-entropy; token-level for ``lm``).
         task: ``"classification"`` or ``"lm"`` (adds perplexity to the metrics).
         augment: ``f(x, generator) -> x`` applied to training batches.
-        device: default CUDA when available, else CPU.
+        device: ``None`` or ``"auto"``: CUDA when available, else CPU. The model moves there;
+            data stay where they are and each batch is moved when it is used.
         amp: mixed precision; ``"auto"`` turns it on for CUDA (bfloat16 when supported).
         seed: seeds the data order, augmentation and the global torch RNG at the start.
         callbacks: :class:`Callback` objects.
@@ -202,9 +204,7 @@ class Trainer:
         if len(self.train_data) == 0:
             raise ValueError("train_data: no examples")
         self.val_data = _as_data(val_data, "val_data") if val_data is not None else None
-        self.device = torch.device(
-            device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-        )
+        self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.task = task
         self.loss_fn = loss_fn
@@ -310,7 +310,7 @@ class Trainer:
     def _epoch_order(self, epoch: int) -> Tensor:
         if self._perm_cache is None or self._perm_cache[0] != epoch:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            perm = torch.randperm(len(self.train_data), generator=gen)
+            perm = torch.randperm(len(self.train_data), generator=gen, device="cpu")  # host data
             local = perm[self.rank : self.world * self._per_rank : self.world]
             self._perm_cache = (epoch, local)
         return self._perm_cache[1]
