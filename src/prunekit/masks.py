@@ -8,6 +8,7 @@ model's state_dict keys: the weights stay ordinary parameters throughout.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
@@ -15,7 +16,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunekit.serialization import load_safetensors, pack_bits, save_safetensors, unpack_bits
+from prunekit.errors import FileFormatError
+from prunekit.serialization import (
+    load_safetensors,
+    meta_entry,
+    pack_bits,
+    save_safetensors,
+    shape_entry,
+    tensor_entry,
+    unpack_bits,
+)
 
 FORMAT = "prunekit.maskset/1"
 
@@ -196,16 +206,38 @@ class MaskSet(MutableMapping[str, Tensor]):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: torch.device | str = "cpu") -> MaskSet:
-        """Load a mask set saved by :meth:`save` (no pickle involved)."""
+        """Load a mask set saved by :meth:`save` (no pickle involved).
+
+        The whole file is checked (format, names, shapes, bit counts) before anything is built.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            FileFormatError: a truncated, corrupt or foreign file (the message names ``path``).
+        """
         tensors, meta = load_safetensors(path)
         if meta.get("format") != FORMAT:
-            raise ValueError(
-                f"path: {str(path)!r} is not a prunekit mask file (format {meta.get('format')!r})"
+            raise FileFormatError(
+                path,
+                f"not a prunekit mask file (format {meta.get('format')!r}, expected {FORMAT!r})",
             )
+        order = meta_entry(meta, "order", list, path)
+        shapes = meta_entry(meta, "shapes", dict, path)
+        user = meta.get("user", {})
+        if not isinstance(user, dict):
+            raise FileFormatError(path, "metadata key 'user': expected a JSON object")
+        packed: dict[str, tuple[Tensor, tuple[int, ...]]] = {}
+        for name in order:
+            if not isinstance(name, str) or name not in shapes:
+                raise FileFormatError(path, f"mask {name!r} has no shape in the metadata")
+            shape = shape_entry(shapes[name], f"shape of mask {name!r}", path)
+            bits = tensor_entry(
+                tensors, name, path, dtype=torch.uint8, numel=(math.prod(shape) + 7) // 8
+            )
+            packed[name] = (bits, shape)
         masks = cls()
-        for name in meta["order"]:
-            masks[name] = unpack_bits(tensors[name], tuple(meta["shapes"][name])).to(device)
-        masks.metadata = meta.get("user", {})
+        for name, (bits, shape) in packed.items():
+            masks[name] = unpack_bits(bits, shape).to(device)
+        masks.metadata = user
         return masks
 
 
@@ -243,8 +275,8 @@ def _zero_pruned(
 # Optimizers whose update of an entry is zero when its gradient and state are zero (also with
 # weight decay, momentum, Nesterov, AMSGrad, maximize). Adamax is not among them: its infinity-norm
 # state becomes eps even for zero gradients. Masking the gradient before their step keeps
-# pruned weights and their state exactly zero, at one multiply per tensor instead of one per
-# weight and state tensor after the step.
+# pruned weights and their state exactly zero, at one masked write per tensor instead of one
+# per weight and state tensor after the step.
 GRADIENT_MASKING_SAFE: tuple[type[torch.optim.Optimizer], ...] = (
     torch.optim.SGD,
     torch.optim.Adam,
@@ -264,10 +296,12 @@ class MaskEnforcer:
     momentum / Adam moments exactly zero. Any other optimizer (a subclass, a custom update rule)
     gets the pruned weights and every state tensor shaped like them zeroed right after each step.
 
-    With ``fast=True`` (default) the masks are kept as multipliers in the weights' dtype so that
-    each tensor costs one fused multiply: the fastest way, at the price of one extra copy of the
-    masked weights' memory. ``fast=False`` keeps only the boolean masks (1 byte per weight) and
-    zeroes with masked writes, about 2-3x slower per step.
+    With ``fast=True`` (default) the inverted masks (True = pruned) are computed once and each
+    tensor is zeroed with one in-place ``masked_fill_``, at the price of a second boolean copy of
+    the masks. ``fast=False`` keeps only the keep-masks (1 byte per weight) and zeroes with
+    ``torch.where(..., out=)``. Either way pruned entries are *selected* away, never multiplied
+    by zero, so NaN or inf gradients and states still leave pruned weights exactly zero
+    (``NaN * 0`` is NaN).
     """
 
     def __init__(
@@ -280,9 +314,7 @@ class MaskEnforcer:
         self.masks = masks
         self._params = masks.validate(model)
         self._keep = masks.placed(self._params)
-        self._multipliers = (
-            {n: m.to(self._params[n].dtype) for n, m in self._keep.items()} if fast else None
-        )
+        self._pruned = {n: ~m for n, m in self._keep.items()} if fast else None
         self._optimizer = optimizer
         self.masks_gradients = type(optimizer) in GRADIENT_MASKING_SAFE
         if self.masks_gradients:
@@ -294,31 +326,25 @@ class MaskEnforcer:
     @torch.no_grad()
     def enforce(self) -> None:
         """Zero pruned weights and their optimizer state now."""
-        if self._multipliers is None:
+        if self._pruned is None:
             _zero_pruned(self._params, self._keep, self._optimizer)
             return
-        tensors, factors = [], []
         for name, param in self._params.items():
-            multiplier = self._multipliers[name]
-            tensors.append(param.data)
-            factors.append(multiplier)
+            pruned = self._pruned[name]
+            param.data.masked_fill_(pruned, 0)
             for value in _matching_state(self._optimizer, param):
-                tensors.append(value)
-                factors.append(multiplier)
-        torch._foreach_mul_(tensors, factors)
+                value.masked_fill_(pruned, 0)
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
         """Zero the gradients of pruned entries (runs before every step of a standard optimizer)."""
-        names = [n for n, p in self._params.items() if p.grad is not None]
-        if not names:
-            return
-        grads = [self._params[n].grad for n in names]
-        if self._multipliers is None:
-            for name, grad in zip(names, grads):
-                _zero_where_pruned(grad, self._keep[name])
-        else:
-            torch._foreach_mul_(grads, [self._multipliers[n] for n in names])
+        for name, param in self._params.items():
+            if param.grad is None:
+                continue
+            if self._pruned is None:
+                _zero_where_pruned(param.grad, self._keep[name])
+            else:
+                param.grad.masked_fill_(self._pruned[name], 0)
 
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.mask_gradients()

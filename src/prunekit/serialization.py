@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -11,8 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor
+
+from prunekit.errors import DiskFullError, FileFormatError
 
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device="cpu")
 
@@ -47,9 +51,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(target) from err
         raise
 
 
@@ -62,21 +68,177 @@ def save_safetensors(
         save_file(contiguous, str(tmp), metadata={"prunekit": json.dumps(metadata)})
 
 
-def load_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read tensors and the JSON metadata written by :func:`save_safetensors`."""
-    from safetensors import safe_open
+# What a broken file raises while it is parsed: safetensors' own error (truncated, random
+# bytes, a header larger than its 100 MB cap, offsets past the end), I/O and decoding errors.
+_PARSE_ERRORS: tuple[type[BaseException], ...] = (
+    SafetensorError,
+    OSError,
+    ValueError,
+    RuntimeError,
+    TypeError,
+    KeyError,
+    OverflowError,
+    MemoryError,
+)
 
+
+def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Every tensor of a safetensors file plus its raw string metadata.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        FileFormatError: the file is empty, truncated, corrupt or not safetensors (names ``path``).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path: no such file {str(path)!r}")
-    with safe_open(str(path), framework="pt") as handle:
-        raw = (handle.metadata() or {}).get("prunekit")
-    if raw is None:
-        raise ValueError(f"path: {str(path)!r} is not a prunekit file (no 'prunekit' metadata)")
-    return load_file(str(path)), json.loads(raw)
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise FileFormatError(path, f"cannot be read ({err.strerror or err})") from None
+    if size < 8:
+        raise FileFormatError(path, f"not a safetensors file ({size} bytes; truncated or empty?)")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except _PARSE_ERRORS as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise FileFormatError(
+            path, f"not a readable safetensors file (truncated or corrupt?): {reason}"
+        ) from None
+    return tensors, metadata
+
+
+def load_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read tensors and the JSON metadata written by :func:`save_safetensors`.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        FileFormatError: a corrupt file, or one without prunekit's JSON metadata.
+    """
+    tensors, raw = read_safetensors(path)
+    if "prunekit" not in raw:
+        raise FileFormatError(path, "not a prunekit file (no 'prunekit' metadata)")
+    try:
+        meta = json.loads(raw["prunekit"])
+    except ValueError as err:
+        raise FileFormatError(path, f"corrupt 'prunekit' metadata (invalid JSON: {err})") from None
+    if not isinstance(meta, dict):
+        raise FileFormatError(path, "corrupt 'prunekit' metadata (expected a JSON object)")
+    return tensors, meta
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Parse a JSON file; a corrupt or unreadable one raises :class:`FileFormatError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"path: no such file {str(path)!r}")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as err:
+        raise FileFormatError(path, f"not valid JSON (truncated or corrupt?): {err}") from None
+
+
+def tensor_entry(
+    tensors: dict[str, Tensor],
+    key: str,
+    path: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype | None = None,
+    numel: int | None = None,
+) -> Tensor:
+    """``tensors[key]`` checked for presence, dtype and (at least) ``numel`` entries."""
+    value = tensors.get(key)
+    if value is None:
+        raise FileFormatError(path, f"tensor {key!r} is missing")
+    if dtype is not None and value.dtype != dtype:
+        raise FileFormatError(path, f"tensor {key!r} has dtype {value.dtype}, expected {dtype}")
+    if numel is not None and value.numel() < numel:
+        raise FileFormatError(
+            path, f"tensor {key!r} holds {value.numel()} entries, expected {numel}"
+        )
+    return value
+
+
+def meta_entry(meta: dict[str, Any], key: str, kind: type | tuple[type, ...], path: Any) -> Any:
+    """``meta[key]`` checked for presence and JSON type (a corrupt file names ``path``)."""
+    if key not in meta:
+        raise FileFormatError(path, f"metadata key {key!r} is missing")
+    value = meta[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and bool not in _as_tuple(kind):
+        names = "/".join(k.__name__ for k in _as_tuple(kind))
+        raise FileFormatError(
+            path, f"metadata key {key!r}: expected {names}, got {type(value).__name__}"
+        )
+    return value
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def shape_entry(value: Any, what: str, path: Any) -> tuple[int, ...]:
+    """A shape read from metadata: a list of non-negative ints."""
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+    ):
+        raise FileFormatError(path, f"{what}: expected a shape (list of ints), got {value!r}")
+    return tuple(value)
 
 
 def write_json(data: Any, path: str | os.PathLike[str]) -> None:
     """Write JSON atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def check_state_fits(
+    model: torch.nn.Module,
+    state: dict[str, Tensor],
+    path: str | os.PathLike[str],
+    *,
+    strict: bool = True,
+) -> None:
+    """Check that ``state`` loads into ``model`` without error: names (all of them when
+    ``strict``), shapes and dtypes. Nothing is copied, so a failed check leaves the model as it was.
+
+    Raises:
+        DeviceError: the model's weights live on the meta device (nothing to load them into).
+        FileFormatError: a missing, unexpected or mismatched tensor (names ``path``).
+    """
+    from prunekit.errors import DeviceError
+
+    own = model.state_dict()
+    meta = [name for name, value in own.items() if value.is_meta]
+    if meta:
+        raise DeviceError(
+            f"model: {meta[0]!r} is on the meta device (no storage); materialise the model "
+            "(e.g. model.to_empty(device='cpu')) before loading weights into it"
+        )
+    if strict:
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if missing:
+            raise FileFormatError(path, f"does not fit the model: tensor {missing[0]!r} is missing "
+                                        f"({len(missing)} missing)")  # fmt: skip
+        if unexpected:
+            raise FileFormatError(path, f"does not fit the model: {unexpected[0]!r} is not in it "
+                                        f"({len(unexpected)} unexpected)")  # fmt: skip
+    for key, value in state.items():
+        target = own.get(key)
+        if target is None:
+            continue
+        if tuple(value.shape) != tuple(target.shape):
+            raise FileFormatError(
+                path,
+                f"does not fit the model: tensor {key!r} has shape {list(value.shape)}, "
+                f"the model expects "
+                f"{list(target.shape)}",
+            )
+        if value.dtype != target.dtype:
+            raise FileFormatError(
+                path,
+                f"does not fit the model: tensor {key!r} has dtype {value.dtype}, the model "
+                f"expects {target.dtype}",
+            )
