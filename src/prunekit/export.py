@@ -6,13 +6,24 @@ grows. Loading rebuilds the identical dense state_dict; nothing is unpickled.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 
-from prunekit.serialization import load_safetensors, pack_bits, save_safetensors, unpack_bits
+from prunekit.errors import FileFormatError
+from prunekit.serialization import (
+    check_state_fits,
+    load_safetensors,
+    meta_entry,
+    pack_bits,
+    save_safetensors,
+    shape_entry,
+    tensor_entry,
+    unpack_bits,
+)
 
 FORMAT = "prunekit.compressed/1"
 
@@ -54,30 +65,71 @@ def save_compressed(
 
 
 def load_compressed(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Read a file written by :func:`save_compressed` back into a dense state_dict."""
+    """Read a file written by :func:`save_compressed` back into a dense state_dict.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        FileFormatError: a truncated, corrupt or foreign file (the message names ``path``).
+    """
     tensors, meta = load_safetensors(path)
     if meta.get("format") != FORMAT:
-        raise ValueError(
-            f"path: {str(path)!r} is not a prunekit compressed model (format {meta.get('format')!r})"
+        raise FileFormatError(
+            path,
+            f"not a prunekit compressed model (format {meta.get('format')!r}, expected {FORMAT!r})",
         )
+    order = meta_entry(meta, "order", list, path)
+    layout = meta_entry(meta, "tensors", dict, path)
     state: dict[str, Tensor] = {}
-    for name in meta["order"]:
-        entry = meta["tensors"][name]
-        if entry["storage"] == "dense":
-            state[name] = tensors[name]
+    for name in order:
+        entry = layout.get(name) if isinstance(name, str) else None
+        if not isinstance(entry, dict):
+            raise FileFormatError(path, f"tensor {name!r} has no layout entry in the metadata")
+        shape = shape_entry(entry.get("shape"), f"shape of {name!r}", path)
+        dtype = _dtype(entry.get("dtype"), name, path)
+        numel = math.prod(shape)
+        storage = entry.get("storage")
+        if storage == "dense":
+            value = tensor_entry(tensors, name, path, dtype=dtype)
+            if tuple(value.shape) != shape:
+                raise FileFormatError(
+                    path, f"tensor {name!r} has shape {list(value.shape)}, expected {list(shape)}"
+                )
+            state[name] = value
             continue
-        shape = tuple(entry["shape"])
-        keep = unpack_bits(tensors[f"{name}/bitmask"], shape).reshape(-1)
-        values = tensors[f"{name}/values"]
-        dense = torch.zeros(keep.numel(), dtype=getattr(torch, entry["dtype"]), device=keep.device)
+        if storage != "bitmask":
+            raise FileFormatError(path, f"tensor {name!r}: unknown storage {storage!r}")
+        bits = tensor_entry(tensors, f"{name}/bitmask", path, dtype=torch.uint8,
+                            numel=(numel + 7) // 8)  # fmt: skip
+        keep = unpack_bits(bits, shape).reshape(-1)
+        values = tensor_entry(tensors, f"{name}/values", path, dtype=dtype)
+        kept = int(keep.sum())
+        if values.dim() != 1 or values.numel() != kept:
+            raise FileFormatError(
+                path, f"tensor {name}/values holds {values.numel()} values, its bitmask {kept}"
+            )
+        dense = torch.zeros(numel, dtype=dtype, device=keep.device)
         dense[keep] = values
         state[name] = dense.reshape(shape)
     return state
 
 
+def _dtype(name: object, tensor: str, path: str | os.PathLike[str]) -> torch.dtype:
+    # Resolve only real dtype names (never an arbitrary attribute of the torch module).
+    value = getattr(torch, name, None) if isinstance(name, str) and name.isidentifier() else None
+    if not isinstance(value, torch.dtype):
+        raise FileFormatError(path, f"tensor {tensor!r}: unknown dtype {name!r}")
+    return value
+
+
 def load_compressed_into(
     model: nn.Module, path: str | os.PathLike[str], strict: bool = True
 ) -> nn.Module:
-    """Load a compressed file into ``model`` (same architecture) and return it."""
-    model.load_state_dict(load_compressed(path), strict=strict)
+    """Load a compressed file into ``model`` (same architecture) and return it.
+
+    The whole file is read and checked against the model (names, shapes, dtypes) first; on error
+    the model is left untouched.
+    """
+    state = load_compressed(path)
+    check_state_fits(model, state, path, strict=strict)
+    model.load_state_dict(state, strict=strict)
     return model

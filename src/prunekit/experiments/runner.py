@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import fcntl
 import inspect
-import json
 import math
 import re
 import shutil
@@ -35,8 +34,10 @@ import torch
 import yaml
 from torch import nn
 
+from prunekit import stamps
 from prunekit.data import create_dataset
 from prunekit.data.base import DatasetBundle
+from prunekit.errors import DeviceError, FileFormatError, StaleFileError
 from prunekit.experiments.config import (
     RECIPE_SCHEDULES,
     TRAINING_SCHEDULES,
@@ -50,7 +51,15 @@ from prunekit.experiments.typed import ConfigError, to_dict
 from prunekit.masks import MaskSet
 from prunekit.prune import compute_masks, pruning_plan
 from prunekit.schedules import BIMP, GMP, IMP
-from prunekit.serialization import atomic_path, load_safetensors, save_safetensors, write_json
+from prunekit.serialization import (
+    atomic_path,
+    check_state_fits,
+    load_safetensors,
+    read_json,
+    read_safetensors,
+    save_safetensors,
+    write_json,
+)
 from prunekit.training.lr import LRW, LRSchedule, make_lr_schedule, make_retrain_schedule
 from prunekit.training.recipes import GMPCallback, PruneSpec, TrainSpec, pruning_norm_change
 from prunekit.training.trainer import Callback, Trainer, evaluate, make_optimizer
@@ -122,46 +131,97 @@ def _locked(directory: Path) -> Iterator[None]:
 def _save_state(model: nn.Module, path: Path, meta: dict[str, Any] | None = None) -> None:
     # Clones: tied weights share storage, which safetensors refuses to write twice.
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    save_safetensors(state, path, meta or {})
+    save_safetensors(state, path, _with_stamp(meta or {}))
+
+
+def _with_stamp(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` plus the active stage stamp (config hash and stage), when a stage is running."""
+    stamp = stamps.active()
+    return data if stamp is None else {**data, stamps.STAMP_KEY: stamp.to_json()}
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state_dict from safetensors (plain, prunekit or ``save_compressed``) or, for ``.pt`` /
-    ``.pth`` / ``.bin`` files, ``torch.load(weights_only=True)`` (a ``state_dict`` key is used)."""
+    ``.pth`` / ``.bin`` files, ``torch.load(weights_only=True)`` (a ``state_dict`` key is used).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        FileFormatError: a truncated or corrupt file, or one that holds no state_dict.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"dense_checkpoint: no such file {str(path)!r}")
     if path.suffix in (".pt", ".pth", ".bin"):
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # the unpickler raises many types for a corrupt file
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise FileFormatError(
+                path, f"not a readable weights-only torch file: {reason}"
+            ) from None
         if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
             data = data["state_dict"]
-        if not isinstance(data, dict):
-            raise ValueError(f"dense_checkpoint: {str(path)!r} does not hold a state_dict")
+        if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()
+        ):
+            raise FileFormatError(path, "does not hold a state_dict (names to tensors)")
         return data
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    tensors, raw = read_safetensors(path)
+    if "prunekit" in raw:
+        from prunekit.export import FORMAT, load_compressed
 
-    with safe_open(str(path), framework="pt") as handle:
-        raw = (handle.metadata() or {}).get("prunekit")
-    meta = json.loads(raw) if raw else {}
-    from prunekit.export import FORMAT, load_compressed
-
-    if meta.get("format") == FORMAT:
-        return load_compressed(path)
-    return load_file(str(path))
+        _, meta = load_safetensors(path)
+        if meta.get("format") == FORMAT:
+            return load_compressed(path)
+    return tensors
 
 
 def _load_state(model: nn.Module, path: Path) -> None:
-    model.load_state_dict(read_state_dict(path))
+    """Load a user-given weights file; checked whole before the model changes."""
+    state = read_state_dict(path)
+    check_state_fits(model, state, path)
+    model.load_state_dict(state)
+
+
+def _read_output(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a file a stage wrote, refused when another config or stage wrote it."""
+    tensors, meta = load_safetensors(path)
+    stamps.check(meta.get(stamps.STAMP_KEY), path)
+    return tensors
+
+
+def _load_output(model: nn.Module, path: Path) -> None:
+    state = _read_output(path)
+    check_state_fits(model, state, path)
+    model.load_state_dict(state)
+
+
+def _save_masks(masks: MaskSet, path: Path) -> None:
+    masks.save(path, metadata=_with_stamp(dict(getattr(masks, "metadata", None) or {})))
 
 
 def _load_masks(path: Path, model: nn.Module) -> MaskSet:
     # Masks live on the model's device (it is on the GPU after training there).
-    return MaskSet.load(path, device=next(model.parameters()).device)
+    masks = MaskSet.load(path, device=next(model.parameters()).device)
+    stamps.check(masks.metadata.get(stamps.STAMP_KEY), path)
+    try:
+        masks.validate(model)
+    except ValueError as err:
+        raise FileFormatError(path, f"does not fit the model: {err}") from None
+    return masks
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+def _write_stage_json(data: dict[str, Any], path: Path) -> None:
+    write_json(_with_stamp(data), path)
+
+
+def _read_stage_json(path: Path) -> dict[str, Any]:
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise FileFormatError(path, "expected a JSON object")
+    data = dict(data)
+    stamps.check(data.pop(stamps.STAMP_KEY, None), path)
+    return data
 
 
 # ---------------------------------------------------------------------- building blocks
@@ -309,12 +369,12 @@ class _Context:
 def _dense_stage(ctx: _Context, model: nn.Module) -> dict[str, Any]:
     """Train (or load) the dense model; its weights end up in ``model``."""
     cfg, directory = ctx.cfg, dense_dir(ctx.cfg)
-    with _locked(directory):
+    with _locked(directory), _dense_stamp(cfg):
         done = directory / "metrics.json"
         if done.is_file():
-            _load_state(model, directory / "model.safetensors")
+            _load_output(model, directory / "model.safetensors")
             ctx.log(f"dense model: reused {directory}")
-            return _read_json(done)
+            return _read_stage_json(done)
         if cfg.dense_checkpoint is not None:
             _load_state(model, Path(cfg.dense_checkpoint))
             ctx.log(f"dense model: loaded {cfg.dense_checkpoint}")
@@ -328,14 +388,20 @@ def _dense_stage(ctx: _Context, model: nn.Module) -> dict[str, Any]:
             iterations = ctx.original.total
         _save_state(model, directory / "model.safetensors")
         result = {"metrics": _metrics(model, ctx.data), "iterations": iterations}
-        write_json(result, done)
+        _write_stage_json(result, done)
         shutil.rmtree(directory / "ckpt", ignore_errors=True)
         ctx.log(f"dense model: {_fmt(result['metrics'])}")
         return result
 
 
+def _dense_stamp(cfg: ExperimentConfig) -> contextlib.AbstractContextManager[stamps.Stamp]:
+    """Files of the shared dense directory record the dense slice of the config."""
+    return stamps.stamped(dense_hash(cfg, _dense_schedule_name(cfg)), "dense")
+
+
 def train_dense(cfg: ExperimentConfig, *, quiet: bool = True) -> dict[str, Any]:
     """Train (or reuse) the dense model of ``cfg`` in its shared dense directory."""
+    check_device(cfg.train.device)
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
     data = build_data(cfg)
@@ -348,17 +414,18 @@ def train_dense(cfg: ExperimentConfig, *, quiet: bool = True) -> dict[str, Any]:
 def _rewind_state(ctx: _Context, model: nn.Module, k: int) -> dict[str, torch.Tensor]:
     """theta_k of the dense run (k = 0: the initialisation), replayed from init if not stored."""
     directory = dense_dir(ctx.cfg)
-    if k == 0:
-        return load_safetensors(directory / "init.safetensors")[0]
-    path = directory / f"rewind_{k}.safetensors"
-    with _locked(directory):
-        if not path.is_file():
-            # The first k steps of a fresh run are a pure function of (init, seed, schedule).
-            scratch = build_model(ctx.cfg, ctx.data)
-            _load_state(scratch, directory / "init.safetensors")
-            _fit(ctx.cfg, scratch, ctx.data, ctx.original, k, None, ctx.cfg.seed, None)
-            _save_state(scratch, path)
-    return load_safetensors(path)[0]
+    with _dense_stamp(ctx.cfg):
+        if k == 0:
+            return _read_output(directory / "init.safetensors")
+        path = directory / f"rewind_{k}.safetensors"
+        with _locked(directory):
+            if not path.is_file():
+                # The first k steps of a fresh run are a pure function of (init, seed, schedule).
+                scratch = build_model(ctx.cfg, ctx.data)
+                _load_output(scratch, directory / "init.safetensors")
+                _fit(ctx.cfg, scratch, ctx.data, ctx.original, k, None, ctx.cfg.seed, None)
+                _save_state(scratch, path)
+        return _read_output(path)
 
 
 @dataclass
@@ -414,53 +481,68 @@ def _prune_retrain_stages(
     masks: MaskSet | None = None
     results: list[dict[str, Any]] = []
     for j, phase in enumerate(_phases(ctx), start=1):
-        pdir = root / f"phase_{j}"
-        done = pdir / "phase.json"
-        if done.is_file():
-            _load_state(model, pdir / "model.safetensors")
-            masks = _load_masks(pdir / "masks.safetensors", model)
-            results.append(_read_json(done))
-            ctx.log(f"phase {j}: done, skipped")
-            continue
-        pdir.mkdir(parents=True, exist_ok=True)
-        if (pdir / "masks.safetensors").is_file():
-            new = _load_masks(pdir / "masks.safetensors", model)
-        else:
-            new = _compute_masks(cfg, model, ctx.data, phase.target, masks, cfg.seed + j)
-            new.save(pdir / "masks.safetensors")
-        schedule = _phase_schedule(ctx, phase, model, masks, new)
-        if phase.schedule_name == "rewind_weights":
-            model.load_state_dict(_rewind_state(ctx, model, cfg.prune.rewind_iteration))
-        new.apply(model)
-        pruned = _metrics(model, ctx.data)
-        ctx.log(
-            f"phase {j}: pruned to {new.sparsity:.4f} ({_fmt(pruned)}); retraining "
-            f"{phase.iterations} iterations ({phase.schedule_name})"
-        )
-        if schedule is not None:
-            _fit(cfg, model, ctx.data, schedule, phase.iterations, new, cfg.seed + 1000 * j,
-                 pdir / "ckpt")  # fmt: skip
-        lr0 = 0.0
-        if schedule is not None:
-            lr0 = float(getattr(schedule, "eta0", schedule.lr_at(0)))
-        result = {
-            "phase": j,
-            "target_sparsity": phase.target,
-            "sparsity": new.sparsity,
-            "retrain_schedule": phase.schedule_name,
-            "retrain_iterations": phase.iterations,
-            "lr0": lr0,
-            "pruned": pruned,
-            "retrained": _metrics(model, ctx.data),
-        }
-        _save_state(model, pdir / "model.safetensors")
-        write_json(result, done)
-        shutil.rmtree(pdir / "ckpt", ignore_errors=True)
-        ctx.log(f"phase {j}: retrained ({_fmt(result['retrained'])})")
-        masks = new
-        results.append(result)
+        with stamps.stamped(config_hash(cfg), f"phase_{j}"):
+            masks = _phase(ctx, model, root, j, phase, masks, results)
     assert masks is not None
     return masks, results
+
+
+def _phase(
+    ctx: _Context,
+    model: nn.Module,
+    root: Path,
+    j: int,
+    phase: _Phase,
+    masks: MaskSet | None,
+    results: list[dict[str, Any]],
+) -> MaskSet:
+    """Phase ``j`` of prune-retrain (skipped when its outputs exist); returns its masks."""
+    cfg = ctx.cfg
+    pdir = root / f"phase_{j}"
+    done = pdir / "phase.json"
+    if done.is_file():
+        _load_output(model, pdir / "model.safetensors")
+        masks = _load_masks(pdir / "masks.safetensors", model)
+        results.append(_read_stage_json(done))
+        ctx.log(f"phase {j}: done, skipped")
+        return masks
+    pdir.mkdir(parents=True, exist_ok=True)
+    if (pdir / "masks.safetensors").is_file():
+        new = _load_masks(pdir / "masks.safetensors", model)
+    else:
+        new = _compute_masks(cfg, model, ctx.data, phase.target, masks, cfg.seed + j)
+        _save_masks(new, pdir / "masks.safetensors")
+    schedule = _phase_schedule(ctx, phase, model, masks, new)
+    if phase.schedule_name == "rewind_weights":
+        model.load_state_dict(_rewind_state(ctx, model, cfg.prune.rewind_iteration))
+    new.apply(model)
+    pruned = _metrics(model, ctx.data)
+    ctx.log(
+        f"phase {j}: pruned to {new.sparsity:.4f} ({_fmt(pruned)}); retraining "
+        f"{phase.iterations} iterations ({phase.schedule_name})"
+    )
+    if schedule is not None:
+        _fit(cfg, model, ctx.data, schedule, phase.iterations, new, cfg.seed + 1000 * j,
+             pdir / "ckpt")  # fmt: skip
+    lr0 = 0.0
+    if schedule is not None:
+        lr0 = float(getattr(schedule, "eta0", schedule.lr_at(0)))
+    result = {
+        "phase": j,
+        "target_sparsity": phase.target,
+        "sparsity": new.sparsity,
+        "retrain_schedule": phase.schedule_name,
+        "retrain_iterations": phase.iterations,
+        "lr0": lr0,
+        "pruned": pruned,
+        "retrained": _metrics(model, ctx.data),
+    }
+    _save_state(model, pdir / "model.safetensors")
+    _write_stage_json(result, done)
+    shutil.rmtree(pdir / "ckpt", ignore_errors=True)
+    ctx.log(f"phase {j}: retrained ({_fmt(result['retrained'])})")
+    results.append(result)
+    return new
 
 
 class _GMP(GMPCallback):
@@ -490,8 +572,8 @@ def _gmp_stage(ctx: _Context, model: nn.Module, root: Path) -> tuple[MaskSet, li
     pdir = root / "phase_1"
     done = pdir / "phase.json"
     if done.is_file():
-        _load_state(model, pdir / "model.safetensors")
-        return _load_masks(pdir / "masks.safetensors", model), [_read_json(done)]
+        _load_output(model, pdir / "model.safetensors")
+        return _load_masks(pdir / "masks.safetensors", model), [_read_stage_json(done)]
     try:
         schedule = GMP.for_training(
             p.sparsity, ctx.original.total, p.gmp_start, p.gmp_end, p.gmp_frequency
@@ -514,9 +596,9 @@ def _gmp_stage(ctx: _Context, model: nn.Module, root: Path) -> tuple[MaskSet, li
         "pruned": final,
         "retrained": final,
     }
-    masks.save(pdir / "masks.safetensors")
+    _save_masks(masks, pdir / "masks.safetensors")
     _save_state(model, pdir / "model.safetensors")
-    write_json(result, done)
+    _write_stage_json(result, done)
     shutil.rmtree(pdir / "ckpt", ignore_errors=True)
     return masks, [result]
 
@@ -546,8 +628,8 @@ def _recipe_stage(ctx: _Context, model: nn.Module, root: Path) -> tuple[MaskSet,
     pdir = root / "phase_1"
     done = pdir / "phase.json"
     if done.is_file():
-        _load_state(model, pdir / "model.safetensors")
-        return _load_masks(pdir / "masks.safetensors", model), [_read_json(done)]
+        _load_output(model, pdir / "model.safetensors")
+        return _load_masks(pdir / "masks.safetensors", model), [_read_stage_json(done)]
     common: dict[str, Any] = {
         "targets": p.targets.build(),
         "checkpoint_dir": pdir / "ckpt",
@@ -580,9 +662,9 @@ def _recipe_stage(ctx: _Context, model: nn.Module, root: Path) -> tuple[MaskSet,
         )
     masks = result.masks if result.masks is not None else MaskSet.from_model(model)
     phase = dataclasses.asdict(result.phases[-1])
-    masks.save(pdir / "masks.safetensors")
+    _save_masks(masks, pdir / "masks.safetensors")
     _save_state(model, pdir / "model.safetensors")
-    write_json(phase, done)
+    _write_stage_json(phase, done)
     shutil.rmtree(pdir / "ckpt", ignore_errors=True)
     return masks, [phase]
 
@@ -703,8 +785,8 @@ def _whole_recipe_stage(
     sdir = root / "recipe"
     done = sdir / "stage.json"
     if done.is_file():
-        _load_state(model, sdir / "model.safetensors")
-        stage = _read_json(done)
+        _load_output(model, sdir / "model.safetensors")
+        stage = _read_stage_json(done)
         return _load_masks(sdir / "masks.safetensors", model), stage["phases"], stage["extra"]
     sdir.mkdir(parents=True, exist_ok=True)
     ctx.log(f"{p.schedule}: running the recipe in {sdir}")
@@ -726,9 +808,9 @@ def _whole_recipe_stage(
     if p.schedule == "sap":
         # SAP picks its own sparsity: the report lists it where it landed (0.1 % steps)
         extra["target_sparsity"] = round(masks.sparsity, 3)
-    masks.save(sdir / "masks.safetensors")
+    _save_masks(masks, sdir / "masks.safetensors")
     _save_state(model, sdir / "model.safetensors")
-    write_json({"phases": phases, "extra": extra}, done)
+    _write_stage_json({"phases": phases, "extra": extra}, done)
     for ckpt in ("train", "dense"):
         shutil.rmtree(sdir / ckpt, ignore_errors=True)
     return masks, phases, extra
@@ -781,6 +863,7 @@ def run_experiment(
     root = run_dir(cfg)
     if not (root / "result.json").is_file():
         check_tracker(cfg.tracker)  # fails before anything is created when not installed
+        check_device(cfg.train.device)
     with _locked(root):
         return _run_locked(cfg, quiet, store)
 
@@ -794,7 +877,10 @@ def _run_locked(cfg: ExperimentConfig, quiet: bool, store: ResultsStore | None) 
     store = store if store is not None else ResultsStore(cfg.output)
     log = RunLog(root / "log.txt", quiet=quiet)
     if done.is_file():
-        result = _read_json(done)
+        result = read_json(done)
+        found = result.get("config_hash") if isinstance(result, dict) else None
+        if found != chash:
+            raise StaleFileError(done, str(found), chash)
         if not quiet:
             print(f"already finished: {root}")
         store.record(root.name, chash, to_dict(cfg), "done", _summary(result), str(root), cfg.label)
@@ -817,19 +903,23 @@ def _run_locked(cfg: ExperimentConfig, quiet: bool, store: ResultsStore | None) 
         recipe_extra: dict[str, Any] = {}
         if cfg.prune.schedule == "sfw":
             dense = {"metrics": {}, "iterations": 0}
-            masks, phases, recipe_extra = _whole_recipe_stage(ctx, model, root)
+            with stamps.stamped(chash, "recipe"):
+                masks, phases, recipe_extra = _whole_recipe_stage(ctx, model, root)
             dense_iterations = 0
         elif cfg.prune.schedule in RECIPE_SCHEDULES:
             dense = _dense_stage(ctx, model)
             dense_iterations = dense["iterations"]
-            masks, phases, recipe_extra = _whole_recipe_stage(ctx, model, root)
+            with stamps.stamped(chash, "recipe"):
+                masks, phases, recipe_extra = _whole_recipe_stage(ctx, model, root)
         elif cfg.prune.schedule == "gmp":
             dense: dict[str, Any] = {"metrics": {}, "iterations": 0}
-            masks, phases = _gmp_stage(ctx, model, root)
+            with stamps.stamped(chash, "phase_1"):
+                masks, phases = _gmp_stage(ctx, model, root)
             dense_iterations = ctx.original.total
         elif cfg.prune.schedule in TRAINING_SCHEDULES:
             dense = {"metrics": {}, "iterations": 0}
-            masks, phases = _recipe_stage(ctx, model, root)
+            with stamps.stamped(chash, "phase_1"):
+                masks, phases = _recipe_stage(ctx, model, root)
             dense_iterations = 0
         else:
             dense = _dense_stage(ctx, model)
@@ -881,6 +971,31 @@ def _run_locked(cfg: ExperimentConfig, quiet: bool, store: ResultsStore | None) 
     tracker.log_run(cfg, result, root)
     tracker.close()
     return result
+
+
+def check_device(device: str | None, key: str = "train.device") -> None:
+    """Fail before any work when ``device`` names an accelerator this machine does not have.
+
+    Raises:
+        DeviceError: e.g. ``cuda`` without a CUDA device (names ``key``).
+    """
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise DeviceError(f"{key}: {device!r} is not a device name ({err})") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(
+                f"{key}: {device!r} requested, but CUDA is not available on this machine; "
+                f"use {key}=cpu"
+            )
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(f"{key}: {device!r} requested, but this machine has {count} GPU(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"{key}: 'mps' requested, but MPS is not available; use {key}=cpu")
 
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
