@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 EXAMPLE = """example:
   prunekit report runs/ --out runs/report
@@ -12,9 +13,11 @@ report.csv, accuracy_vs_sparsity.png and layer_sparsity_<s>.png."""
 
 
 def run(args: argparse.Namespace) -> int:
-    from prunekit.experiments.report import write_report
+    from prunekit.experiments.report import skipped_lines, write_report
 
     report = write_report(args.directory, args.out, plots=not args.no_plots)
+    for line in skipped_lines(report["skipped"]):
+        print(line, file=sys.stderr)
     print(report["table"])
     print(f"{len(report['runs'])} runs; files:")
     for path in report["files"].values():

@@ -52,7 +52,7 @@ def dry_run(cfg: ExperimentConfig) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from prunekit.experiments.config import load_config
-    from prunekit.experiments.report import write_report
+    from prunekit.experiments.report import skipped_lines, write_report
     from prunekit.experiments.sweep import run_sweep
 
     cfg = load_config(args.config, args.set)
@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"sweep finished in {outcome.wall_s:.1f} s: {len(outcome.results)} runs")
     if outcome.results and not args.no_report:
         report = write_report(cfg.output)
+        for line in skipped_lines(report["skipped"]):
+            print(line, file=sys.stderr)
         print(report["table"])
         print(f"report: {', '.join(report['files'].values())}")
     if outcome.failed:

@@ -19,7 +19,14 @@ from typing import Any
 
 from prunekit.report import format_table
 
-__all__ = ["ReportRow", "aggregate", "collect_results", "format_rows", "write_report"]
+__all__ = [
+    "ReportRow",
+    "aggregate",
+    "collect_results",
+    "format_rows",
+    "skipped_lines",
+    "write_report",
+]
 
 HEADER = [
     "method",
@@ -36,8 +43,14 @@ HEADER = [
 ]
 
 
-def collect_results(directory: str | Path) -> list[dict[str, Any]]:
-    """Every finished run under ``directory`` (an output root, a ``runs`` folder or one run)."""
+def collect_results(
+    directory: str | Path, skipped: list[tuple[str, str]] | None = None
+) -> list[dict[str, Any]]:
+    """Every finished run under ``directory`` (an output root, a ``runs`` folder or one run).
+
+    A ``result.json`` that cannot be read (truncated, corrupt, not UTF-8) is left out; when
+    ``skipped`` is given, ``(path, reason)`` is appended to it for each one so callers can warn.
+    """
     root = Path(directory)
     if not root.exists():
         raise FileNotFoundError(f"directory: no such directory {str(root)!r}")
@@ -49,8 +62,10 @@ def collect_results(directory: str | Path) -> list[dict[str, Any]]:
         if {"mlruns", "wandb"} & set(path.parts):
             continue  # tracker copies of a run's result
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError, RecursionError) as err:
+            if skipped is not None:
+                skipped.append((str(path), str(err).splitlines()[0] if str(err) else "unreadable"))
             continue
         if isinstance(data, dict) and "final" in data and "method" in data:
             data.setdefault("run_dir", str(path.parent))
@@ -284,7 +299,8 @@ def write_report(
     """
     from prunekit.serialization import atomic_path
 
-    results = collect_results(directory)
+    skipped: list[tuple[str, str]] = []
+    results = collect_results(directory, skipped)
     if not results:
         raise ValueError(f"directory: no finished runs (result.json) under {str(directory)!r}")
     metric = _metric_key(results)
@@ -292,11 +308,15 @@ def write_report(
     target = Path(out) if out is not None else Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     table = format_rows(rows, metric)
+    notes = skipped_lines(skipped)
+    if notes:
+        table += "\n" + "\n".join(notes)
     files = {}
     md = (
         f"# prunekit report\n\n{len(results)} runs under `{directory}`; accuracy = {metric} "
         "(mean and sample std over seeds); MACs per example (ShrinkBench definitions).\n\n"
         + markdown_table(rows, metric)
+        + "".join(f"\n{line}\n" for line in notes)
     )
     for name, text in (("report.md", md), ("report.csv", csv_text(rows, metric))):
         with atomic_path(target / name) as tmp:
@@ -310,4 +330,19 @@ def write_report(
         )
         for path in plot_layer_sparsity(results, target):
             files[path.name] = str(path)
-    return {"rows": rows, "table": table, "files": files, "runs": results, "metric": metric}
+    return {
+        "rows": rows,
+        "table": table,
+        "files": files,
+        "runs": results,
+        "metric": metric,
+        "skipped": skipped,
+    }
+
+
+def skipped_lines(skipped: list[tuple[str, str]]) -> list[str]:
+    """One warning line per run left out of a report because its result.json is unreadable."""
+    return [
+        f"warning: skipped run {str(Path(path).parent)!r}: unreadable result.json ({reason})"
+        for path, reason in skipped
+    ]

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from prunekit.errors import FileFormatError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
@@ -29,6 +31,11 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_hash ON runs(config_hash);
 """
+
+
+def _is_lock(err: sqlite3.DatabaseError) -> bool:
+    message = str(err).lower()
+    return isinstance(err, sqlite3.OperationalError) and ("locked" in message or "busy" in message)
 
 
 class ResultsStore:
@@ -56,22 +63,33 @@ class ResultsStore:
             try:
                 return fn(*args)
             except sqlite3.OperationalError as err:
-                message = str(err).lower()
-                if ("locked" not in message and "busy" not in message) or (
-                    time.monotonic() > deadline
-                ):
+                if not _is_lock(err) or time.monotonic() > deadline:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        try:
+            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        except sqlite3.DatabaseError as err:
+            raise self._corrupt(err) from None
         try:
             db.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
             yield db
+        except sqlite3.DatabaseError as err:
+            if _is_lock(err):
+                raise  # _retry waits for locks
+            raise self._corrupt(err) from None
         finally:
             db.close()
+
+    def _corrupt(self, err: sqlite3.DatabaseError) -> FileFormatError:
+        return FileFormatError(
+            self.path,
+            f"not a usable SQLite results database ({err}); move it away and run again to start "
+            "a new one (each finished run keeps its result.json)",
+        )
 
     def record(
         self,
@@ -146,8 +164,13 @@ class ResultsStore:
         out = []
         for row in rows:
             item = dict(zip(keys, row))
-            item["config"] = json.loads(item["config"])
-            item["metrics"] = json.loads(item["metrics"]) if item["metrics"] else None
+            try:
+                item["config"] = json.loads(item["config"])
+                item["metrics"] = json.loads(item["metrics"]) if item["metrics"] else None
+            except (TypeError, ValueError) as err:
+                raise FileFormatError(
+                    self.path, f"run {item['run_id']!r} holds corrupt JSON ({err})"
+                ) from None
             out.append(item)
         return out
 
