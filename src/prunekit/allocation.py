@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -72,12 +73,56 @@ def validate_allocation(allocation: str) -> str:
 
 
 def allocate(allocation: str, context: AllocationContext) -> dict[str, Tensor]:
-    """Run a registered allocation (or an ``N:M`` pattern) and return keep-masks."""
+    """Run a registered allocation (or an ``N:M`` pattern) and return keep-masks.
+
+    No allocation silently empties a layer: per-layer budgets (uniform, uniform_plus, erk,
+    per_row) keep at least one weight per layer (per row for per_row); ``global_min_keep`` and
+    ``lamp`` keep at least one per layer and raise when the target is out of reach; N:M keeps N
+    of every M. ``global`` (one threshold, no minimum) raises a ``ValueError`` when it would empty
+    every target layer, and warns (:class:`LayerCollapseWarning`, naming the layers) when it
+    empties some: that layer collapse is the known behaviour of a global threshold, which
+    ``global_min_keep`` or ``min_keep`` avoid.
+    """
     key = validate_allocation(allocation)
     nm = parse_nm(key)
     if nm is not None:
         return nm_masks(context, *nm)
-    return ALLOCATIONS.get(key)(context)
+    masks = ALLOCATIONS.get(key)(context)
+    _refuse_emptied(key, context, masks)
+    return masks
+
+
+def _refuse_emptied(
+    allocation: str, context: AllocationContext, masks: Mapping[str, Tensor]
+) -> None:
+    emptied = [
+        n
+        for n, m in masks.items()
+        if m.numel() > 0
+        and not bool(m.any())
+        and (n not in context.existing or bool(context.existing[n].any()))
+    ]
+    if not emptied:
+        return
+    total = sum(m.numel() for m in masks.values())
+    if len(emptied) == len(masks):
+        raise ValueError(
+            f"sparsity: {context.sparsity} with allocation {allocation!r} would prune every "
+            f"target weight ({total} in {len(masks)} layers); lower the sparsity, or keep a "
+            "minimum per layer with allocation 'global_min_keep' or min_keep"
+        )
+    names = ", ".join(repr(n) for n in emptied[:5]) + (" ..." if len(emptied) > 5 else "")
+    warnings.warn(
+        f"sparsity {context.sparsity} with allocation {allocation!r} prunes {len(emptied)} "
+        f"layer(s) entirely: {names}; use allocation 'global_min_keep' or min_keep to keep a "
+        "minimum per layer",
+        LayerCollapseWarning,
+        stacklevel=3,
+    )
+
+
+class LayerCollapseWarning(UserWarning):
+    """A global threshold pruned every weight of some (not all) target layers."""
 
 
 def list_allocations() -> list[str]:
@@ -122,6 +167,12 @@ def budget_masks(context: AllocationContext, plan: Mapping[str, int]) -> dict[st
     return masks
 
 
+def _leave_one(count: int, numel: int) -> int:
+    """Per-layer budgets never prune a whole layer: rounding ``s * numel`` up to ``numel`` (e.g.
+    s = 0.999999 on a small layer) prunes one fewer, keeping the documented minimum of one."""
+    return min(count, numel - 1) if numel > 0 else 0
+
+
 def _require_sparsity(context: AllocationContext, allocation: str) -> float:
     if context.sparsity is None:
         raise ValueError(f"sparsity: allocation {allocation!r} needs a target sparsity in [0, 1)")
@@ -130,7 +181,7 @@ def _require_sparsity(context: AllocationContext, allocation: str) -> float:
 
 def uniform_plan(context: AllocationContext) -> dict[str, int]:
     s = _require_sparsity(context, "uniform")
-    return {n: round(s * context.numel(n)) for n in context.names}
+    return {n: _leave_one(round(s * context.numel(n)), context.numel(n)) for n in context.names}
 
 
 def uniform_plus_plan(context: AllocationContext, last_max: float = 0.8) -> dict[str, int]:
@@ -161,7 +212,8 @@ def uniform_plus_plan(context: AllocationContext, last_max: float = 0.8) -> dict
     quotas.update({n: s_rest * sizes[n] for n in middle})
     quotas = {n: quotas[n] for n in names}
     caps = {first: 0, last: math.floor(last_max * sizes[last])}
-    caps.update({n: sizes[n] for n in middle})
+    caps.update({n: _leave_one(sizes[n], sizes[n]) for n in middle})
+    caps[last] = _leave_one(caps[last], sizes[last])
     return largest_remainder(quotas, round(wanted), caps)
 
 
@@ -190,7 +242,8 @@ def erk_plan(context: AllocationContext) -> dict[str, int]:
     densities = erk_densities(shapes, 1.0 - s)
     sizes = {n: context.numel(n) for n in context.names}
     quotas = {n: (1.0 - densities[n]) * sizes[n] for n in context.names}
-    return largest_remainder(quotas, round(s * sum(sizes.values())), sizes)
+    caps = {n: _leave_one(size, size) for n, size in sizes.items()}
+    return largest_remainder(quotas, round(s * sum(sizes.values())), caps)
 
 
 @ALLOCATIONS.register("uniform")
@@ -348,7 +401,8 @@ def per_row(context: AllocationContext) -> dict[str, Tensor]:
         score = context.scores.full(name)
         _finite(name, score)
         cols = score[0].numel() if score.dim() > 1 else 1
-        k = torch.full((score.shape[0],), round(s * cols), dtype=torch.long, device=score.device)
+        per_row_k = _leave_one(round(s * cols), cols)
+        k = torch.full((score.shape[0],), per_row_k, dtype=torch.long, device=score.device)
         existing = context.existing.get(name)
         if existing is not None:
             k = torch.maximum(k, (~_rows(existing)).sum(1))

@@ -17,6 +17,7 @@ from prunekit.allocation import (
     validate_allocation,
 )
 from prunekit.criteria import create_criterion
+from prunekit.errors import DeviceError
 from prunekit.masks import MaskSet
 from prunekit.selection import NonFiniteScoreError
 from prunekit.targets import Targets, select_targets
@@ -67,6 +68,12 @@ def _prepare(
         raise ValueError(
             "model: no prunable parameters (default targets are the weights of Linear, Conv and "
             "ConvTranspose layers; see prunekit.Targets)"
+        )
+    on_meta = [name for name, param in params.items() if param.is_meta]
+    if on_meta:
+        raise DeviceError(
+            f"model: {on_meta[0]!r} is on the meta device (no weights to score); load or "
+            "materialise the model (e.g. model.to_empty(device='cpu') then load_state_dict) first"
         )
     existing: dict[str, torch.Tensor] = {}
     if masks is not None:
