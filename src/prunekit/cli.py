@@ -15,6 +15,8 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
+from safetensors import SafetensorError
+
 from prunekit.errors import PrunekitError
 
 # Modules that add sub-commands; a module that fails to import (missing optional dependency)
@@ -78,6 +80,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     TypeError,
     OSError,
     sqlite3.DatabaseError,
+    SafetensorError,
 )
 INTERRUPTED = "interrupted; run the same command again to resume"
 

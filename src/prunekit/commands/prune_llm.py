@@ -173,18 +173,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _calibration(path: str | None):
+    import torch
+
     if path is None or not path.endswith(".safetensors"):
         return path
-    from safetensors.torch import load_file
+    from prunekit.errors import FileFormatError
+    from prunekit.serialization import read_safetensors
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"--calib: no such file {path!r}")
-    tensors = load_file(path)
+    tensors, _ = read_safetensors(path)
     if "input_ids" in tensors:
-        return tensors["input_ids"]
-    if len(tensors) == 1:
-        return next(iter(tensors.values()))
-    raise ValueError(f"--calib: {path!r} holds several tensors and none named 'input_ids'")
+        ids = tensors["input_ids"]
+    elif len(tensors) == 1:
+        ids = next(iter(tensors.values()))
+    else:
+        raise FileFormatError(path, "holds several tensors and none named 'input_ids' (--calib)")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise FileFormatError(path, f"token ids have dtype {ids.dtype}, expected an integer dtype")
+    if ids.dim() not in (1, 2) or ids.numel() == 0:
+        raise FileFormatError(
+            path, f"expected a non-empty 1-D or 2-D token tensor, got shape {list(ids.shape)}"
+        )
+    return ids
 
 
 def _text_inputs(args: argparse.Namespace) -> list[tuple[str, str]]:

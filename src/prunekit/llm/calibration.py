@@ -117,6 +117,37 @@ def read_tokens(
     )
 
 
+def vocab_size_of(model: Any) -> int | None:
+    """Rows of the model's input embedding (its vocabulary), or None when it has none."""
+    get = getattr(model, "get_input_embeddings", None)
+    embedding = get() if callable(get) else None
+    if embedding is None:
+        import torch.nn as nn
+
+        embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    rows = getattr(embedding, "num_embeddings", None)
+    return int(rows) if isinstance(rows, int) else None
+
+
+def check_token_ids(tokens: Tensor, model: Any, what: str = "calibration") -> None:
+    """Refuse token ids outside ``[0, vocab)`` before they reach the embedding (which would
+    fail deep inside the model, or read out of bounds on some devices).
+
+    Raises:
+        ValueError: an id is negative or not below the model's vocabulary size (names ``what``).
+    """
+    vocab = vocab_size_of(model)
+    if vocab is None or tokens.numel() == 0:
+        return
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= vocab:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"{what}: token id {bad} is outside the model's vocabulary [0, {vocab}); "
+            "was the data tokenized for another model?"
+        )
+
+
 def default_seqlen(context: int | None) -> int:
     """min(2048, the model's context length)."""
     return min(2048, context) if context else 2048

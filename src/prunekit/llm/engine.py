@@ -37,6 +37,7 @@ from prunekit.llm.adapters import (
 from prunekit.llm.calibration import (
     CalibrationSource,
     cap_seqlen,
+    check_token_ids,
     default_seqlen,
     load_calibration,
 )
@@ -681,6 +682,7 @@ def prune_llm(
             seed=seed,
             text_column=text_column,
         )
+        check_token_ids(tokens, model)
         used = tokens.shape[1]
         batches = list(tokens.split(batch_size))
         report.update(

@@ -10,7 +10,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prunekit.llm.adapters import ModelAdapter, get_adapter, model_device
-from prunekit.llm.calibration import CalibrationSource, default_seqlen, read_tokens
+from prunekit.llm.calibration import (
+    CalibrationSource,
+    check_token_ids,
+    default_seqlen,
+    read_tokens,
+)
 
 __all__ = ["output_agreement", "perplexity"]
 
@@ -51,7 +56,9 @@ def perplexity(
     if not chosen.causal:
         raise ValueError(f"model: perplexity needs a causal language model ({chosen.name})")
     seqlen = seqlen or default_seqlen(chosen.context_length(model))
-    windows = _windows(read_tokens(data, tokenizer), seqlen, max_windows)
+    tokens = read_tokens(data, tokenizer)
+    check_token_ids(tokens, model, "data")
+    windows = _windows(tokens, seqlen, max_windows)
     device = model_device(model)
     was_training = model.training
     model.eval()

@@ -14,9 +14,16 @@ from typing import Any
 
 from torch import nn
 
+from prunekit.errors import FileFormatError
 from prunekit.masks import MaskSet
 from prunekit.report import sparsity_report
-from prunekit.serialization import atomic_path, load_safetensors, save_safetensors, write_json
+from prunekit.serialization import (
+    atomic_path,
+    check_state_fits,
+    load_safetensors,
+    save_safetensors,
+    write_json,
+)
 
 __all__ = [
     "copy_source_files",
@@ -56,8 +63,15 @@ def load_model(path: str | os.PathLike, dtype: Any = None) -> tuple[nn.Module, A
 
         tensors, meta = load_safetensors(gpt_file)
         if meta.get("format") != GPT_FORMAT:
-            raise ValueError(f"model: {str(gpt_file)!r} is not a prunekit GPT checkpoint")
-        model = GPT(GPTConfig(**meta["config"]))
+            raise FileFormatError(gpt_file, "not a prunekit GPT checkpoint")
+        config = meta.get("config")
+        try:
+            model = GPT(GPTConfig(**config))
+        except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+            raise FileFormatError(
+                gpt_file, f"metadata key 'config' is not a GPT config: {err}"
+            ) from None
+        check_state_fits(model, tensors, gpt_file)
         model.load_state_dict(tensors)
         if dtype is not None:
             model.to(dtype)
@@ -139,6 +153,11 @@ def load_pruned(
     model, tokenizer = load_model(directory, dtype)
     path = Path(directory) / MASKS_FILE
     masks = MaskSet.load(path) if path.exists() else None
+    if masks is not None:
+        try:
+            masks.validate(model)
+        except ValueError as err:
+            raise FileFormatError(path, f"does not fit the model: {err}") from None
     return model, masks, tokenizer
 
 

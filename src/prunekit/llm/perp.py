@@ -23,7 +23,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prunekit.llm.adapters import ModelAdapter, get_adapter, linear_layers, model_device
-from prunekit.llm.calibration import CalibrationSource, default_seqlen, load_calibration
+from prunekit.llm.calibration import (
+    CalibrationSource,
+    check_token_ids,
+    default_seqlen,
+    load_calibration,
+)
 from prunekit.llm.lora import ADAPTER_KINDS, add_adapters, merge_adapters
 from prunekit.masks import MaskSet
 
@@ -656,6 +661,7 @@ def reconstruct(
     tokens = load_calibration(
         calibration, tokenizer=tokenizer, nsamples=nsamples, seqlen=used, seed=seed
     )
+    check_token_ids(tokens, model)
     batches = list(tokens.split(1))
     masks = MaskSet()
     rows: list[dict] = []

@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from prunekit._device import device_of
-from prunekit.serialization import load_safetensors, save_safetensors, write_json
+from prunekit.errors import FileFormatError
+from prunekit.serialization import (
+    check_state_fits,
+    load_safetensors,
+    read_json,
+    save_safetensors,
+    write_json,
+)
 
 __all__ = ["load_pruned", "save_pruned"]
 
@@ -161,13 +168,32 @@ def _build(spec: dict[str, Any], config: dict[str, Any] | None) -> nn.Module:
 
 def load_pruned(path: str | os.PathLike[str], map_location: str = "cpu") -> nn.Module:
     """Rebuild a model written by :func:`save_pruned` (no pickle is involved)."""
-    import json
 
     root = Path(path)
     arch_file = root / "architecture.json"
     if not arch_file.is_file():
         raise FileNotFoundError(f"path: {str(root)!r} has no architecture.json")
-    arch = json.loads(arch_file.read_text())
+    arch = read_json(arch_file)
+    if not isinstance(arch, dict):
+        raise FileFormatError(arch_file, "expected a JSON object")
+    # The weights are read (and checked) first: every shape below must match a stored tensor,
+    # so a corrupt architecture.json cannot make the rebuild allocate more than the file holds.
+    state, _ = load_safetensors(root / "model.safetensors")
+    try:
+        model = _rebuild(arch, arch_file, state)
+    except (KeyError, TypeError, AttributeError, IndexError) as err:
+        raise FileFormatError(
+            arch_file, f"incomplete or corrupt ({type(err).__name__}: {err})"
+        ) from None
+    check_state_fits(model, state, root / "model.safetensors")
+    model.load_state_dict(state, strict=True)
+    model.to(map_location)
+    _retie(model)
+    return model
+
+
+def _rebuild(arch: dict[str, Any], arch_file: Path, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The model described by ``architecture.json``, with parameters shaped as stored."""
     if arch.get("format") != FORMAT:
         raise ValueError(f"path: unsupported format {arch.get('format')!r}, expected {FORMAT!r}")
     model = _build(arch["factory"], arch.get("config"))
@@ -186,6 +212,7 @@ def load_pruned(path: str | os.PathLike[str], map_location: str = "cpu") -> nn.M
         for pname, shape in rec["params"].items():
             p = module._parameters.get(pname)
             if p is None or list(p.shape) != shape:
+                _stored_shape(state, f"{name}.{pname}" if name else pname, shape, arch_file)
                 requires_grad = True if p is None else p.requires_grad
                 module._parameters[pname] = nn.Parameter(
                     torch.empty(
@@ -198,6 +225,7 @@ def load_pruned(path: str | os.PathLike[str], map_location: str = "cpu") -> nn.M
         for bname, shape in rec["buffers"].items():
             b = module._buffers.get(bname)
             if b is None or list(b.shape) != shape:
+                _stored_shape(state, f"{name}.{bname}" if name else bname, shape, arch_file)
                 module._buffers[bname] = torch.empty(
                     shape,
                     dtype=b.dtype if b is not None else torch.float32,
@@ -210,11 +238,18 @@ def load_pruned(path: str | os.PathLike[str], map_location: str = "cpu") -> nn.M
         # A Hugging Face model was built from the saved config; a dataclass config is restored.
         for key, value in config["values"].items():
             setattr(model.config, key, value)
-    state, _ = load_safetensors(root / "model.safetensors")
-    model.load_state_dict(state, strict=True)
-    model.to(map_location)
-    _retie(model)
     return model
+
+
+def _stored_shape(state: dict[str, torch.Tensor], key: str, shape: Any, path: Path) -> None:
+    """A reshaped tensor must be one model.safetensors stores, with the same shape."""
+    stored = state.get(key)
+    if stored is None:
+        raise FileFormatError(path, f"{key!r} is resized but model.safetensors does not store it")
+    if list(stored.shape) != shape:
+        raise FileFormatError(
+            path, f"{key!r} has shape {shape}, model.safetensors stores {list(stored.shape)}"
+        )
 
 
 def _retie(model: nn.Module) -> None:
