@@ -101,7 +101,9 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], d
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+            # Owned copies: a tensor backed by the memory-mapped file would crash the process
+            # (SIGBUS) once the file is truncated or replaced while the tensor is still in use.
+            tensors = {key: handle.get_tensor(key).clone() for key in handle.keys()}  # noqa: SIM118
     except _PARSE_ERRORS as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise FileFormatError(

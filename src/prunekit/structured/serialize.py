@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from prunekit._device import device_of
-from prunekit.errors import FileFormatError
+from prunekit.errors import FileFormatError, PrunekitError
 from prunekit.serialization import (
     check_state_fits,
     load_safetensors,
@@ -181,7 +181,10 @@ def load_pruned(path: str | os.PathLike[str], map_location: str = "cpu") -> nn.M
     state, _ = load_safetensors(root / "model.safetensors")
     try:
         model = _rebuild(arch, arch_file, state)
-    except (KeyError, TypeError, AttributeError, IndexError) as err:
+    except PrunekitError:
+        raise
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError, ImportError) as err:
+        # A damaged record surfaces as whatever the rebuild trips over: report the file.
         raise FileFormatError(
             arch_file, f"incomplete or corrupt ({type(err).__name__}: {err})"
         ) from None

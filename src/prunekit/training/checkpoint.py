@@ -190,6 +190,11 @@ def _read_optimizer(
                 f"optimizer parameter group {i} holds {count} parameters, the optimizer's "
                 f"holds {len(mine['params'])}",
             )
+    saved_ids = [p for g in groups for p in g["params"]]
+    if len(set(saved_ids)) != len(saved_ids) or not all(
+        isinstance(p, int) and not isinstance(p, bool) for p in saved_ids
+    ):
+        raise FileFormatError(path, "optimizer parameter ids are not distinct integers")
     # Saved ids map to the optimizer's parameters by position, as load_state_dict maps them.
     position = {pid: i for i, pid in enumerate(p for g in groups for p in g["params"])}
     flat = [p for g in optimizer.param_groups for p in g["params"]]
