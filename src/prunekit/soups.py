@@ -33,7 +33,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunekit import stamps
 from prunekit._device import device_of
+from prunekit.errors import FileFormatError
 from prunekit.masks import MaskSet
 from prunekit.serialization import load_safetensors, save_safetensors, write_json
 
@@ -410,18 +412,24 @@ def _save_ingredient(
         "variant": json.loads(json.dumps(variant, default=str)),
         "digest": _variant_digest(variant),
     }
+    stamp = stamps.active()
+    if stamp is not None:
+        meta[stamps.STAMP_KEY] = stamp.to_json()
     save_safetensors(tensors, path, meta)
 
 
 def _load_ingredient(path: Path, variant: Mapping[str, Any]) -> dict[str, Tensor]:
     tensors, meta = load_safetensors(path)
     if meta.get("format") != INGREDIENT_FORMAT:
-        raise ValueError(f"out_dir: {str(path)!r} is not a soup ingredient file")
+        raise FileFormatError(path, "not a soup ingredient file (out_dir)")
     if meta.get("digest") != _variant_digest(variant):
-        raise ValueError(
-            f"out_dir: {str(path)!r} was trained with variant {meta.get('variant')}, not "
-            f"{json.loads(json.dumps(variant, default=str))}; use a fresh directory"
+        raise FileFormatError(
+            path,
+            f"trained with variant {meta.get('variant')}, not "
+            f"{json.loads(json.dumps(variant, default=str))}; use a fresh out_dir",
         )
+    if stamps.STAMP_KEY in meta:  # parallel workers write without the parent's stage stamp
+        stamps.check(meta[stamps.STAMP_KEY], path)
     return tensors
 
 
