@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from prunekit import stamps
 from prunekit.errors import FileFormatError
-from prunekit.masks import MaskSet
+from prunekit.masks import GRADIENT_MASKING_SAFE, MaskSet
 from prunekit.serialization import (
     check_state_fits,
     load_safetensors,
@@ -198,6 +198,9 @@ def _read_optimizer(
     # Saved ids map to the optimizer's parameters by position, as load_state_dict maps them.
     position = {pid: i for i, pid in enumerate(p for g in groups for p in g["params"])}
     flat = [p for g in optimizer.param_groups for p in g["params"]]
+    # PyTorch's own optimizers keep every non-scalar state tensor shaped like its parameter;
+    # others (e.g. Frank-Wolfe's) may not, so only theirs are shape-checked here.
+    shaped_like_params = type(optimizer) in GRADIENT_MASKING_SAFE
     restored: dict[Any, dict[str, Any]] = {}
     for idx, plain in plain_state.items():
         if not isinstance(plain, dict) or not idx.isdigit() or int(idx) not in position:
@@ -210,7 +213,8 @@ def _read_optimizer(
         for key in keys:
             value = tensor_entry(tensors, f"optim/{idx}/{key}", path)
             if (
-                value.dim() > 0
+                shaped_like_params
+                and value.dim() > 0
                 and value.is_floating_point()
                 and tuple(value.shape) != tuple(param.shape)
             ):
