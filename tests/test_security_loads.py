@@ -497,3 +497,20 @@ def test_results_database_row_is_never_unpickled_or_evaluated(tmp_path):
         db.execute("UPDATE runs SET config = ? WHERE run_id = 'r'", ("{broken",))
     with pytest.raises(FileFormatError, match="run 'r' holds corrupt JSON"):
         store.runs()
+
+
+def test_prune_llm_with_corrupt_weights_names_the_folder(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from _llm_tiny import save_tiny
+
+    src = save_tiny("opt", tmp_path / "dense")
+    weights = src / "model.safetensors"
+    data = weights.read_bytes()
+    capsys.readouterr()  # the progress bar of saving
+    for mutated in (b"", data[: len(data) // 2], bytes(range(256)) * 4):
+        weights.write_bytes(mutated)
+        args = ["prune-llm", str(src), "--method", "magnitude", "--out", str(tmp_path / "o")]
+        assert main([*args, "--no-progress"]) == 2
+        line = _one_line(capsys.readouterr().err)
+        assert str(src) in line and "safetensors" in line
+    assert not (tmp_path / "o").exists()

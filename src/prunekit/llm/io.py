@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from torch import nn
 
 from prunekit.errors import FileFormatError
@@ -90,7 +91,10 @@ def load_model(path: str | os.PathLike, dtype: Any = None) -> tuple[nn.Module, A
     kwargs = {"local_files_only": True}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    model = cls.from_pretrained(root, **kwargs)
+    try:
+        model = cls.from_pretrained(root, **kwargs)
+    except SafetensorError as err:  # a truncated or corrupt weights file: name the folder
+        raise FileFormatError(root, f"corrupt or truncated *.safetensors weights: {err}") from None
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(root, local_files_only=True)
     except Exception:  # a model directory without tokenizer files
