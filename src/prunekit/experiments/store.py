@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from prunekit.errors import FileFormatError
+from prunekit.errors import DiskFullError, FileFormatError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -84,7 +84,9 @@ class ResultsStore:
         finally:
             db.close()
 
-    def _corrupt(self, err: sqlite3.DatabaseError) -> FileFormatError:
+    def _corrupt(self, err: sqlite3.DatabaseError) -> FileFormatError | DiskFullError:
+        if "disk is full" in str(err).lower():
+            return DiskFullError(self.path)
         return FileFormatError(
             self.path,
             f"not a usable SQLite results database ({err}); move it away and run again to start "
