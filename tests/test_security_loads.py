@@ -514,3 +514,20 @@ def test_prune_llm_with_corrupt_weights_names_the_folder(tmp_path, capsys):
         line = _one_line(capsys.readouterr().err)
         assert str(src) in line and "safetensors" in line
     assert not (tmp_path / "o").exists()
+
+
+def test_trainer_seed_mismatch_leaves_the_model_untouched(tmp_path):
+    from conftest import toy_bundle
+    from prunekit.training.trainer import Trainer
+
+    data = toy_bundle()
+    first = nn.Linear(12, 3)
+    Trainer(first, data.train, iterations=2, batch_size=16, seed=1, device="cpu",
+            checkpoint_dir=tmp_path, checkpoint_every=1).fit()  # fmt: skip
+    model = nn.Linear(12, 3)
+    before = snapshot(model)
+    trainer = Trainer(model, data.train, iterations=2, batch_size=16, seed=2, device="cpu",
+                      checkpoint_dir=tmp_path)  # fmt: skip
+    with pytest.raises(ValueError, match="written with seed 1, this run has 2"):
+        trainer.load()
+    assert bitwise_equal(before, model.state_dict())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +107,12 @@ def load_checkpoint(
     scaler: Any = None,
     restore_rng: bool = True,
     device: torch.device | str | None = None,
+    check_extra: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[int, MaskSet | None, dict[str, Any]]:
     """Restore what :func:`save_checkpoint` wrote; return ``(iteration, masks, extra)``.
+
+    ``check_extra(extra)`` runs with the other checks, before anything is copied: a caller's
+    own conditions on ``extra`` (e.g. the seed) fail without touching the model.
 
     The load is transactional: the whole file is read and checked against ``model`` and
     ``optimizer`` (names, shapes, dtypes, optimizer state present and matching its parameter
@@ -130,6 +135,8 @@ def load_checkpoint(
     if not isinstance(extra, dict):
         raise FileFormatError(path, "metadata key 'extra': expected a JSON object")
     stamps.check(extra.get(stamps.STAMP_KEY), path)
+    if check_extra is not None:
+        check_extra(extra)
     state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
     check_state_fits(model, state, path)
     optim_state = _read_optimizer(tensors, meta, optimizer, path) if optimizer is not None else None

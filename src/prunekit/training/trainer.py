@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from prunekit._device import resolve_device
 from prunekit.data.base import TensorData
+from prunekit.errors import FileFormatError
 from prunekit.masks import MaskEnforcer, MaskSet
 from prunekit.training.checkpoint import checkpoint_file, load_checkpoint, save_checkpoint
 from prunekit.training.distributed import (
@@ -543,13 +544,30 @@ class Trainer:
         target = Path(path) if path is not None else self._checkpoint_path()
         if not target.is_file():
             return False
+
+        def check(extra: dict[str, Any]) -> None:
+            if extra.get("seed", self.seed) != self.seed:
+                raise ValueError(
+                    f"seed: the checkpoint {str(target)!r} was written with seed {extra['seed']}, "
+                    f"this run has {self.seed}"
+                )
+            states = extra.get("callbacks", {})
+            loss = extra.get("epoch_loss", [0.0, 0])
+            if (
+                not isinstance(states, dict)
+                or not isinstance(extra.get("history", []), list)
+                or not (isinstance(loss, list) and len(loss) == 2)
+            ):
+                raise FileFormatError(target, "corrupt trainer state in the checkpoint metadata")
+
         iteration, masks, extra = load_checkpoint(
-            target, self.model, self.optimizer, scaler=self.scaler, device=self.device
+            target,
+            self.model,
+            self.optimizer,
+            scaler=self.scaler,
+            device=self.device,
+            check_extra=check,
         )
-        if extra.get("seed", self.seed) != self.seed:
-            raise ValueError(
-                f"seed: the checkpoint was written with seed {extra['seed']}, this run has {self.seed}"
-            )
         self.iteration = iteration
         self.history = list(extra.get("history", []))
         loss_sum, loss_count = extra.get("epoch_loss", [0.0, 0])
