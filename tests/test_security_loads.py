@@ -531,3 +531,18 @@ def test_trainer_seed_mismatch_leaves_the_model_untouched(tmp_path):
     with pytest.raises(ValueError, match="written with seed 1, this run has 2"):
         trainer.load()
     assert bitwise_equal(before, model.state_dict())
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_llm_methods_never_empty_a_layer(method):
+    from prunekit.llm import prune_llm
+    from prunekit.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=32, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    calibration = torch.randint(0, 32, (300,))
+    masks, _ = prune_llm(model, method, 0.999999, calibration=calibration, nsamples=2, seqlen=8,
+                         progress=False)  # fmt: skip
+    assert masks and all(bool(mask.any()) for mask in masks.values())
+    if method == "wanda":  # per output row
+        assert all(bool(mask.any(dim=1).all()) for mask in masks.values())

@@ -53,6 +53,8 @@ def mask_from_scores(
     Per row, each row loses ``int(in_features * sparsity)`` entries (rounded down, the rule of
     the published Wanda code), chosen by a stable sort (ties go to the lower column index); per
     layer, exactly ``round(sparsity * numel)`` in total.
+    Neither empties a row or the layer: at least one entry stays (sparsity < 1 truncates
+    below the row's width; the per-layer count is capped at numel - 1).
     """
     if pattern is not None:
         n, m = pattern
@@ -63,7 +65,7 @@ def mask_from_scores(
         per_row = torch.full((scores.shape[0],), k, dtype=torch.long, device=scores.device)
         return keep_lowest_per_row(scores, per_row, None)
     if scope == "layer":
-        k = round(sparsity * scores.numel())
+        k = min(round(sparsity * scores.numel()), max(scores.numel() - 1, 0))
         return keep_masks_lowest_pruned(TensorScores({"w": scores}), ["w"], k)["w"]
     raise ValueError(f"scope: expected 'row' or 'layer', got {scope!r}")
 

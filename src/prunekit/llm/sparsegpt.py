@@ -71,7 +71,7 @@ def _block_quotas(rows: int, cols: int, blocksize: int, sparsity: float) -> list
     # Exactly round(s * rows * cols) pruned in the layer, spread over the column blocks in
     # proportion to their width.
     widths = [min(blocksize, cols - i) for i in range(0, cols, blocksize)]
-    total = round(sparsity * rows * cols)
+    total = min(round(sparsity * rows * cols), rows * cols - 1)  # never the whole layer
     keys = [str(i) for i in range(len(widths))]
     quotas = largest_remainder(
         {k: total * w / cols for k, w in zip(keys, widths)},
