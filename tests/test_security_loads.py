@@ -441,6 +441,8 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
     assert config in line and "truncated or empty" in line
     with pytest.raises(FileFormatError):  # --debug: the exception (and traceback) propagates
         main(["--debug", "run", str(path), "--quiet"])
+    with pytest.raises(FileFormatError):
+        main(["run", str(path), "--quiet", "--debug"])
     monkeypatch.setenv("PRUNEKIT_DEBUG", "1")
     with pytest.raises(FileFormatError):
         main(["run", str(path), "--quiet"])

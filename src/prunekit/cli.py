@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(module_name).register(sub)
     for command in sub.choices.values():
         _ensure_threads_option(command)
+        command.add_argument(  # --debug is also accepted after the command's name
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
 
 
