@@ -201,9 +201,12 @@ def check_state_fits(
     path: str | os.PathLike[str],
     *,
     strict: bool = True,
+    cast_floats: bool = False,
 ) -> None:
     """Check that ``state`` loads into ``model`` without error: names (all of them when
-    ``strict``), shapes and dtypes. Nothing is copied, so a failed check leaves the model as it was.
+    ``strict``), shapes and dtypes (``cast_floats``: any floating dtype may load into a floating
+    tensor, as ``load_state_dict`` casts it). Nothing is copied, so a failed check leaves the
+    model as it was.
 
     Raises:
         DeviceError: the model's weights live on the meta device (nothing to load them into).
@@ -238,7 +241,8 @@ def check_state_fits(
                 f"the model expects "
                 f"{list(target.shape)}",
             )
-        if value.dtype != target.dtype:
+        castable = cast_floats and value.is_floating_point() and target.is_floating_point()
+        if value.dtype != target.dtype and not castable:
             raise FileFormatError(
                 path,
                 f"does not fit the model: tensor {key!r} has dtype {value.dtype}, the model "

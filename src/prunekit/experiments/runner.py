@@ -177,9 +177,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _load_state(model: nn.Module, path: Path) -> None:
-    """Load a user-given weights file; checked whole before the model changes."""
+    """Load a user-given weights file (floating dtypes are cast, as load_state_dict does);
+    checked whole before the model changes."""
     state = read_state_dict(path)
-    check_state_fits(model, state, path)
+    check_state_fits(model, state, path, cast_floats=True)
     model.load_state_dict(state)
 
 
