@@ -111,14 +111,13 @@ def load_checkpoint(
 ) -> tuple[int, MaskSet | None, dict[str, Any]]:
     """Restore what :func:`save_checkpoint` wrote; return ``(iteration, masks, extra)``.
 
-    ``check_extra(extra)`` runs with the other checks, before anything is copied: a caller's
-    own conditions on ``extra`` (e.g. the seed) fail without touching the model.
-
     The load is transactional: the whole file is read and checked against ``model`` and
     ``optimizer`` (names, shapes, dtypes, optimizer state present and matching its parameter
     groups, masks, RNG state) before anything is copied, so on error both are left untouched.
-    When a stage stamp is active (:func:`stamped`), a checkpoint written under another config or
+    When a stage stamp is active (:func:`prunekit.stamps.stamped`), a checkpoint written under another config or
     stage is refused with :class:`~prunekit.errors.StaleFileError`.
+    ``check_extra(extra)`` runs with those checks: a caller's own conditions on ``extra`` (e.g.
+    the seed) also fail without touching anything.
 
     Raises:
         FileNotFoundError: no file at ``path``.
