@@ -116,7 +116,7 @@ def run_sweep(
     log: Callable[[str], None] = print,
 ) -> SweepOutcome:
     """Run every arm of ``cfg.sweep`` (finished arms are skipped); return results and failures."""
-    from prunekit.experiments.runner import dense_dir, run_dir
+    from prunekit.experiments.runner import check_device, dense_dir, run_dir
     from prunekit.experiments.trackers import check_tracker
 
     workers = workers or cfg.sweep.workers
@@ -124,6 +124,8 @@ def run_sweep(
         raise ValueError(f"workers: expected a positive integer, got {workers}")
     arms = expand(cfg)
     check_tracker(cfg.tracker)
+    for arm in arms:  # a missing GPU fails the sweep before any arm starts
+        check_device(arm.config.train.device)
     ResultsStore(cfg.output)  # create the database (WAL mode) before the workers write to it
     start = time.perf_counter()
     todo = [a for a in arms if not (run_dir(a.config) / "result.json").is_file()]
