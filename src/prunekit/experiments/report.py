@@ -302,7 +302,10 @@ def write_report(
     skipped: list[tuple[str, str]] = []
     results = collect_results(directory, skipped)
     if not results:
-        raise ValueError(f"directory: no finished runs (result.json) under {str(directory)!r}")
+        unreadable = f"; {len(skipped)} unreadable: {skipped[0][0]!r} ..." if skipped else ""
+        raise ValueError(
+            f"directory: no finished runs (result.json) under {str(directory)!r}{unreadable}"
+        )
     metric = _metric_key(results)
     rows = aggregate(results, metric)
     target = Path(out) if out is not None else Path(directory)
