@@ -124,7 +124,7 @@ def load_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], d
         raise FileFormatError(path, "not a prunekit file (no 'prunekit' metadata)")
     try:
         meta = json.loads(raw["prunekit"])
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise FileFormatError(path, f"corrupt 'prunekit' metadata (invalid JSON: {err})") from None
     if not isinstance(meta, dict):
         raise FileFormatError(path, "corrupt 'prunekit' metadata (expected a JSON object)")
