@@ -169,7 +169,7 @@ class ResultsStore:
             try:
                 item["config"] = json.loads(item["config"])
                 item["metrics"] = json.loads(item["metrics"]) if item["metrics"] else None
-            except (TypeError, ValueError) as err:
+            except (TypeError, ValueError, RecursionError) as err:
                 raise FileFormatError(
                     self.path, f"run {item['run_id']!r} holds corrupt JSON ({err})"
                 ) from None
