@@ -103,8 +103,7 @@ def error_line(err: BaseException) -> str:
             return f"{where}: no space left on device; free some space and run again"
         if err.filename is not None and err.strerror:
             return f"{err.filename}: {err.strerror}"
-    text = str(err) or type(err).__name__
-    return text.removeprefix("'").removesuffix("'") if isinstance(err, KeyError) else text
+    return str(err) or type(err).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
