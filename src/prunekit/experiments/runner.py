@@ -980,7 +980,7 @@ def check_device(device: str | None, key: str = "train.device") -> None:
     Raises:
         DeviceError: e.g. ``cuda`` without a CUDA device (names ``key``).
     """
-    if device is None:
+    if device is None or device == "auto":  # auto picks what the machine has
         return
     try:
         dev = torch.device(device)
