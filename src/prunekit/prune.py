@@ -20,6 +20,7 @@ from prunekit.criteria import create_criterion
 from prunekit.errors import DeviceError
 from prunekit.masks import MaskSet
 from prunekit.selection import NonFiniteScoreError
+from prunekit.serialization import without_storage
 from prunekit.targets import Targets, select_targets
 
 
@@ -69,7 +70,7 @@ def _prepare(
             "model: no prunable parameters (default targets are the weights of Linear, Conv and "
             "ConvTranspose layers; see prunekit.Targets)"
         )
-    on_meta = [name for name, param in params.items() if param.is_meta]
+    on_meta = [name for name, param in params.items() if without_storage(param)]
     if on_meta:
         raise DeviceError(
             f"model: {on_meta[0]!r} is on the meta device (no weights to score); load or "

@@ -195,6 +195,14 @@ def write_json(data: Any, path: str | os.PathLike[str]) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def without_storage(tensor: Tensor) -> bool:
+    """A plain tensor on the meta device: shapes only, no data to score or load into.
+
+    Tensor subclasses that report ``meta`` (fake or virtual devices) may hold data: not counted.
+    """
+    return tensor.is_meta and type(tensor) in (torch.Tensor, torch.nn.Parameter)
+
+
 def check_state_fits(
     model: torch.nn.Module,
     state: dict[str, Tensor],
@@ -215,7 +223,7 @@ def check_state_fits(
     from prunekit.errors import DeviceError
 
     own = model.state_dict()
-    meta = [name for name, value in own.items() if value.is_meta]
+    meta = [name for name, value in own.items() if without_storage(value)]
     if meta:
         raise DeviceError(
             f"model: {meta[0]!r} is on the meta device (no storage); materialise the model "
