@@ -124,6 +124,7 @@ class DependencyGraph:
     uf: _UnionFind = field(default_factory=_UnionFind)
     dims: dict[tuple[str, int], ParamDim] = field(default_factory=dict)
     frozen: set[int] = field(default_factory=set)
+    reasons: dict[int, str] = field(default_factory=dict)  # frozen element -> why (first reason)
     full_params: dict[str, Tensor] = field(default_factory=dict)
     multihead: dict[str, nn.MultiheadAttention] = field(default_factory=dict)
     ops_seen: int = 0
@@ -142,16 +143,35 @@ class DependencyGraph:
             )
         return dim.ids
 
-    def freeze(self, ids: Tensor) -> None:
-        self.frozen.update(torch.unique(ids[ids >= 0]).tolist())
+    def freeze(self, ids: Tensor, reason: str = "fixed by an operation") -> None:
+        """Mark elements as unremovable; ``reason`` is reported when a group cannot shrink."""
+        new = torch.unique(ids[ids >= 0]).tolist()
+        self.frozen.update(new)
+        for i in new:
+            self.reasons.setdefault(i, reason)
 
     def frozen_roots(self) -> set[int]:
         return {self.uf.find(i) for i in self.frozen}
 
+    def frozen_reasons(self) -> dict[int, list[str]]:
+        """Per frozen component root, the distinct reasons its elements were frozen."""
+        out: dict[int, list[str]] = {}
+        for i in self.frozen:
+            why = self.reasons.get(i, "fixed by an operation")
+            found = out.setdefault(self.uf.find(i), [])
+            if why not in found:
+                found.append(why)
+        return out
+
 
 def _fullname(func: Any) -> str:
     name = getattr(func, "__name__", None) or str(func)
+    if name == "__get__":  # a tensor property such as ``w.T``: name the property
+        name = getattr(getattr(func, "__self__", None), "__name__", name)
     return name
+
+
+_TRANSPOSES = {"T", "t", "mT", "transpose", "swapaxes", "swapdims"}
 
 
 class _Tracer(TorchFunctionMode):
@@ -166,6 +186,8 @@ class _Tracer(TorchFunctionMode):
         self.leaf_owner: nn.Module | None = None
         self.module_stack: list[str] = []
         self.param_by_name: dict[str, Tensor] = {}
+        self.transposed: dict[int, str] = {}  # id of ``W.T`` for a 2-D parameter W -> W's name
+        self.ignored: set[str] = set()  # modules traced as opaque leaves
 
     # ---- annotations ----
     def ids_of(self, t: Any) -> Tensor | None:
@@ -214,6 +236,8 @@ class _Tracer(TorchFunctionMode):
         name = _fullname(func)
         if name == "__setitem__":
             return self.setitem(args)
+        if name in _TRANSPOSES and args and self._transposed_param(args[0], out):
+            return
         outs = [t for t in tree_flatten(out)[0] if isinstance(t, Tensor)]
         if not any(t.is_floating_point() or t.is_complex() for t in outs):
             return
@@ -269,6 +293,17 @@ class _Tracer(TorchFunctionMode):
             "`ignore` or rewrite the operation)"
         )
 
+    def _transposed_param(self, w: Any, out: Any) -> bool:
+        """``W.T`` of a 2-D parameter: remember it so ``x @ W.T`` is bound as a linear layer."""
+        name = self._name(w)
+        if name is None or not isinstance(w, nn.Parameter) or w.dim() != 2:
+            return False
+        if not isinstance(out, Tensor) or tuple(out.shape) != tuple(w.shape[::-1]):
+            return False
+        self.transposed[id(out)] = name
+        self.keep.append(out)
+        return True
+
     # ---- rules ----
     def _sub(self, x: Any) -> Any:
         if isinstance(x, Tensor) and (x.is_floating_point() or x.is_complex()):
@@ -282,12 +317,7 @@ class _Tracer(TorchFunctionMode):
         sargs = tree_map(self._sub, args)
         skw = tree_map(self._sub, kwargs)
         if name == "pad":
-            skw = dict(skw)
-            if len(sargs) > 2:
-                sargs = sargs[:2]
-            skw.pop("mode", None)
-            skw["value"] = -1
-            ids_out = torch.nn.functional.pad(*sargs, **skw)
+            ids_out = _pad_ids(sargs[0], sargs[1] if len(sargs) > 1 else skw["pad"])
         elif name in ("view", "view_as"):
             fn = torch.Tensor.reshape if name == "view" else torch.Tensor.reshape_as
             ids_out = fn(*sargs, **skw)
@@ -346,15 +376,57 @@ class _Tracer(TorchFunctionMode):
         else:
             # Pieces of unequal, literal sizes cannot follow pruning.
             for p in pieces:
-                self.g.freeze(p)
+                self.g.freeze(p, "split into pieces of unequal literal sizes")
+
+    def _head_rows(self, ids: Tensor) -> bool:
+        """Whether the last axis of ``ids`` is one slice (a head) of a wider producer axis.
+
+        True for ``view(b, t, heads, head_dim)`` of a projection's output: the rows over the
+        leading axes are distinct, contiguous pieces of one layer's output channels. A vector
+        over ``head_dim`` applied to every row (Qwen3's ``q_norm``) is then shared by the heads.
+        """
+        if ids.dim() < 3 or ids.shape[-1] < 1:
+            return False
+        rows = _compact(ids)[0].reshape(-1, ids.shape[-1])
+        if rows.shape[0] < 2:
+            return False
+        rows = torch.unique(rows, dim=0)
+        if rows.shape[0] < 2 or bool((rows < 0).any()):
+            return False
+        if rows.shape[1] > 1 and not bool((rows[:, 1:] - rows[:, :-1] == 1).all()):
+            return False
+        starts = torch.sort(rows[:, 0]).values
+        if not bool((starts[1:] - starts[:-1] == rows.shape[1]).all()):
+            return False
+        lo, hi = int(starts[0]), int(starts[-1]) + rows.shape[1] - 1
+        return any(
+            d.producer and int(d.ids[0]) <= lo and hi <= int(d.ids[-1])
+            for d in self.g.dims.values()
+            if d.ids.numel() >= hi - lo + 1
+        )
+
+    def _shared_over_heads(self, ins: list[Tensor]) -> list[Tensor]:
+        """Operands that are vectors over ``head_dim`` broadcast over heads (not coupled)."""
+        tracked = [(t, self.ids_of(t)) for t in ins if t.is_floating_point()]
+        tracked = [(t, i) for t, i in tracked if i is not None]
+        if len(tracked) < 2:
+            return []
+        small = [t for t, i in tracked if t.numel() == t.shape[-1] and t.dim() <= 2]
+        if not small or not any(t.dim() >= 3 and self._head_rows(i) for t, i in tracked):
+            return []
+        return small
 
     def elementwise(self, ins: list[Tensor], outs: list[Tensor]) -> None:
         out = outs[0]
         shape = out.shape
         acc: Tensor | None = None
         partial: list[Tensor] = []
+        shared = self._shared_over_heads(ins)
+        for t in shared:
+            # One vector for every head: heads stay independent and the vector keeps its size.
+            self.g.freeze(self.ids_of(t), "a head_dim vector shared by all heads")
         for t in ins:
-            if not t.is_floating_point():
+            if not t.is_floating_point() or any(t is s for s in shared):
                 continue
             ids = self.ids_of(t)
             if ids is None:
@@ -382,7 +454,7 @@ class _Tracer(TorchFunctionMode):
         # A constant region (zero padding) next to a channel makes that channel unprunable.
         acc = acc.expand(shape)
         for ids_b in partial:
-            self.g.freeze(acc[(ids_b < 0) & (acc >= 0)])
+            self.g.freeze(acc[(ids_b < 0) & (acc >= 0)], "combined with a constant region")
         for t in outs:
             if t.shape == shape and t.is_floating_point():
                 self.set_ids(t, acc)
@@ -394,7 +466,9 @@ class _Tracer(TorchFunctionMode):
         v_ids = self.ids_of(value) if isinstance(value, Tensor) else None
         if ids is None:
             if v_ids is not None:
-                self.g.freeze(v_ids)  # written into a constant whose size cannot follow
+                self.g.freeze(
+                    v_ids, "written into a constant tensor"
+                )  # written into a constant whose size cannot follow
             return
         new = ids.clone()
         new[tree_map(self._sub, idx)] = v_ids if v_ids is not None else -1
@@ -404,7 +478,7 @@ class _Tracer(TorchFunctionMode):
         x = args[0] if args else kwargs["input"]
         ids = self.ids_of(x)
         # norm(p, dim): the second positional argument of a norm is its order, not a dim
-        pos = 2 if name == "norm" else 1
+        pos = 2 if name in ("norm", "linalg_vector_norm", "vector_norm") else 1
         dim = kwargs.get("dim", args[pos] if len(args) > pos else None)
         if isinstance(dim, bool) or (dim is not None and not isinstance(dim, (int, tuple, list))):
             dim = None
@@ -450,11 +524,11 @@ class _Tracer(TorchFunctionMode):
     def _consume(self, x_ids: Tensor | None, axis: int, elems: Tensor) -> None:
         """Bind the channels of an input (along ``axis``) to a layer's input elements."""
         if x_ids is None:
-            self.g.freeze(elems)
+            self.g.freeze(elems, f"fed by a constant input in {self.where()!r}")
             return
         moved = x_ids.movedim(axis, -1).reshape(-1, x_ids.shape[axis])
         self.g.uf.union_pairs(moved, elems.unsqueeze(0))
-        self.g.freeze(elems[(moved < 0).any(0)])
+        self.g.freeze(elems[(moved < 0).any(0)], "constant (padded) input channels")
 
     def _name(self, p: Tensor | None) -> str | None:
         return None if p is None else self.param_names.get(id(p))
@@ -550,10 +624,23 @@ class _Tracer(TorchFunctionMode):
         )
         if len(shape) != 1:
             # Normalising over several axes: keep those channels fixed.
-            self.g.freeze(ids)
+            self.g.freeze(ids, "normalised over several axes")
             for p in (w, b):
                 if p is not None and self._name(p):
-                    self.g.freeze(self.g.param_dim(self._name(p), 0, p.shape[0]))
+                    self.g.freeze(
+                        self.g.param_dim(self._name(p), 0, p.shape[0]),
+                        "normalised over several axes",
+                    )
+            return
+        if self._head_rows(ids):
+            # Normalising each head over head_dim with one weight shared by the heads (q_norm).
+            for p in (w, b):
+                if p is not None and self._name(p):
+                    self.g.freeze(
+                        self.g.param_dim(self._name(p), 0, p.shape[0]),
+                        "a head_dim vector shared by all heads",
+                    )
+            self.set_ids(out, ids)
             return
         ch = ids.reshape(-1, x.shape[-1])
         self.g.uf.union_pairs(ch, ch[:1])
@@ -589,12 +676,13 @@ class _Tracer(TorchFunctionMode):
             a, b = args[0], args[1] if len(args) > 1 else kwargs.get("other", kwargs.get("mat2"))
             bias = None
         a_is_p = isinstance(a, nn.Parameter)
-        b_is_p = isinstance(b, nn.Parameter)
-        if b_is_p and b.dim() == 2 and not a_is_p:
-            # x @ W with W (in, out) a parameter: a linear layer written by hand (e.g. HF Conv1D).
-            bn = self._name(b)
-            in_el = self.g.param_dim(bn, 0, b.shape[0])
-            out_el = self.g.param_dim(bn, 1, b.shape[1], producer=True)
+        b_is_p = isinstance(b, nn.Parameter) and self._name(b) is not None
+        b_t = self.transposed.get(id(b)) if isinstance(b, Tensor) else None
+        if (b_is_p or b_t is not None) and b.dim() == 2 and not a_is_p:
+            # x @ W (W: (in, out), e.g. HF Conv1D) or x @ W.T (e.g. Falcon): a linear layer.
+            bn, in_axis, out_axis = (self._name(b), 0, 1) if b_is_p else (b_t, 1, 0)
+            in_el = self.g.param_dim(bn, in_axis, b.shape[0])
+            out_el = self.g.param_dim(bn, out_axis, b.shape[1], producer=True)
             self._consume(self.ids_of(a), a.dim() - 1, in_el)
             if bias is not None and self._name(bias) is not None:
                 bel = self.g.param_dim(self._name(bias), bias.dim() - 1, bias.shape[-1])
@@ -618,9 +706,9 @@ class _Tracer(TorchFunctionMode):
             return
         # One operand carries channels, the other is a constant: the contracted channels are fixed.
         if a_ids is not None:
-            self.g.freeze(a_ids)
+            self.g.freeze(a_ids, f"matrix product with a constant in {self.where()!r}")
         if b_ids is not None:
-            self.g.freeze(b_ids)
+            self.g.freeze(b_ids, f"matrix product with a constant in {self.where()!r}")
 
     def sdpa(self, args: tuple, kwargs: dict, out: Tensor) -> None:
         q, k, v = _bind(args, kwargs, ("query", "key", "value"))
@@ -630,7 +718,7 @@ class _Tracer(TorchFunctionMode):
         if any(i is None for i in ids):
             for i in ids:
                 if i is not None:
-                    self.g.freeze(i)
+                    self.g.freeze(i, "attention with a constant query, key or value")
             return
         qi, ki, vi = ids
         hq, hk = q.shape[-3] if q.dim() >= 3 else 1, k.shape[-3] if k.dim() >= 3 else 1
@@ -644,9 +732,30 @@ class _Tracer(TorchFunctionMode):
             for t in (qi, ki, vi)
         ]
         both = torch.cat(parts, 1)
-        self.g.uf.union_pairs(both, both.max(1, keepdim=True).values)
+        anchor = both.max(1, keepdim=True).values
+        self.g.uf.union_pairs(both, anchor)
+        mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+        m_ids = self.ids_of(mask) if isinstance(mask, Tensor) else None
+        if m_ids is not None and mask.dim() >= 3 and mask.shape[-3] == hq > 1:
+            # A per-head bias passed as the mask (Swin's relative-position bias) follows the heads.
+            full = m_ids.expand(*lead, *mask.shape[-2:]).reshape(anchor.shape[0], -1)
+            self.g.uf.union_pairs(full, anchor)
         cols = vi.expand(*lead, *vi.shape[-2:]).amax(-2, keepdim=True)
         self.set_ids(out, cols.expand(out.shape))
+
+    # ---- modules in `ignore`: opaque leaves ----
+    def opaque(self, name: str, inputs: list[Tensor], output: Any) -> None:
+        """An ignored module keeps the channels it reads and writes; its inside is not traced."""
+        for t in inputs:
+            if t.is_floating_point():
+                ids = self.ids_of(t)
+                if ids is not None:
+                    self.g.freeze(ids, f"read by {name!r}, which is in `ignore`")
+        fixed = self.g.uf.make(1)
+        self.g.freeze(fixed, f"written by {name!r}, which is in `ignore`")
+        for t in _tensors(output):
+            if t.is_floating_point():
+                self.set_ids(t, fixed.reshape([1] * t.dim()).expand(t.shape))
 
     # ---- nn.MultiheadAttention as a leaf ----
     def multihead(self, name: str, m: nn.MultiheadAttention, inputs: tuple, output: Any) -> None:
@@ -672,7 +781,7 @@ class _Tracer(TorchFunctionMode):
                 el = g.param_dim(full, axis, self.param_by_name[full].shape[0])
                 g.uf.union_pairs(el, rows if extra == "in_proj_bias" else ow)
         if not ok:
-            g.freeze(rows)
+            g.freeze(rows, "nn.MultiheadAttention without a packed in_proj_weight")
         g.multihead[name] = m
         for t in inputs[:3]:
             if isinstance(t, Tensor) and t.is_floating_point():
@@ -712,6 +821,32 @@ def _view_groups(
         i += 1
         j += 1
     return groups
+
+
+def _pad_ids(ids: Tensor, pad: Any) -> Tensor:
+    """``F.pad`` on an id tensor: padding positions repeats their channels, padding channels adds
+    constant (-1) entries.
+
+    An axis along which all ids are equal is a position axis (spatial, sequence): the padded
+    positions carry the same channels. Along a channel axis the new entries are constants.
+    """
+    pad = [int(v) for v in pad]
+    out = ids
+    for i in range(len(pad) // 2):
+        d = ids.dim() - 1 - i
+        lo, hi = pad[2 * i], pad[2 * i + 1]
+        if lo == 0 and hi == 0:
+            continue
+        size = out.shape[d] + lo + hi
+        if out.shape[d] > 0 and bool((out == out.narrow(d, 0, 1)).all()):
+            shape = list(out.shape)
+            shape[d] = size
+            out = out.narrow(d, 0, 1).expand(shape)
+        else:
+            spec = [0] * (2 * (i + 1))
+            spec[2 * i], spec[2 * i + 1] = lo, hi
+            out = torch.nn.functional.pad(out.contiguous(), spec, value=-1)
+    return out
 
 
 def _join(prefix: str, name: str) -> str:
@@ -776,30 +911,36 @@ def build_graph(
         param_by_name.setdefault(bname, buf)
     tracer = _Tracer(graph, param_names)
     tracer.param_by_name = param_by_name
+    ignore = list(ignore)
+    ignored = {_module_name(model, item) for item in ignore}
     handles = []
 
     for mname, module in model.named_modules():
-        is_leaf = isinstance(module, nn.MultiheadAttention)
+        opaque = mname in ignored
+        is_leaf = opaque or isinstance(module, nn.MultiheadAttention)
 
-        def pre(mod, inputs, _n=mname, _leaf=is_leaf):
+        def pre(mod, inputs, kwargs, _n=mname, _leaf=is_leaf):
             tracer.module_stack.append(_n)
             if _leaf and not tracer.leaf_depth:
                 tracer.leaf_depth += 1
                 tracer.leaf_owner = mod
 
-        def post(mod, inputs, output, _n=mname, _leaf=is_leaf):
+        def post(mod, inputs, kwargs, output, _n=mname, _leaf=is_leaf, _opaque=opaque):
             tracer.module_stack.pop()
             if _leaf and tracer.leaf_depth and tracer.leaf_owner is mod:
                 tracer.leaf_depth -= 1
                 tracer.leaf_owner = None
                 tracer.busy = True
                 try:
-                    tracer.multihead(_n, mod, inputs, output)
+                    if _opaque:
+                        tracer.opaque(_n, _tensors((inputs, kwargs)), output)
+                    else:
+                        tracer.multihead(_n, mod, inputs, output)
                 finally:
                     tracer.busy = False
 
-        handles.append(module.register_forward_pre_hook(pre))
-        handles.append(module.register_forward_hook(post))
+        handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(module.register_forward_hook(post, with_kwargs=True))
 
     was_training = model.training
     model.eval()
@@ -807,7 +948,7 @@ def build_graph(
         inputs = example_inputs
         # Model inputs have fixed channels: one frozen element marks them.
         frozen_in = graph.uf.make(1)
-        graph.freeze(frozen_in)
+        graph.freeze(frozen_in, "model input")
         for t in _tensors(inputs):
             if t.is_floating_point():
                 tracer.set_ids(t, frozen_in.reshape([1] * t.dim()).expand(t.shape))
@@ -816,7 +957,7 @@ def build_graph(
         for t in _flatten_outputs(output):
             ids = tracer.ids_of(t)
             if ids is not None:
-                graph.freeze(ids)
+                graph.freeze(ids, "model output")
     finally:
         for h in handles:
             h.remove()
@@ -841,24 +982,32 @@ def _finish_full_params(graph: DependencyGraph, param_by_name: dict[str, Tensor]
                 chosen = axis
                 break
         if chosen is None or (name, chosen) in graph.dims:
-            graph.freeze(ids)
+            graph.freeze(ids, "free parameter with no single channel axis")
             continue
         vec = ids.movedim(chosen, -1).reshape(-1, ids.shape[chosen])
         uf.union_pairs(vec, vec[:1])
         graph.dims[(name, chosen)] = ParamDim(name, chosen, vec[0].clone(), False)
 
 
-def _freeze_module(graph: DependencyGraph, model: nn.Module, item: nn.Module | str) -> None:
+def _module_name(model: nn.Module, item: nn.Module | str) -> str:
+    """Qualified name of a module given in ``ignore`` (a module or its name)."""
     if isinstance(item, str):
-        module = model.get_submodule(item)
-        prefix = item
-    else:
-        prefix = next((n for n, m in model.named_modules() if m is item), None)
-        if prefix is None:
-            raise ValueError("ignore: a module in `ignore` is not part of the model")
-        module = item
+        try:
+            model.get_submodule(item)
+        except AttributeError as err:
+            raise ValueError(f"ignore: the model has no module named {item!r}") from err
+        return item
+    name = next((n for n, m in model.named_modules() if m is item), None)
+    if name is None:
+        raise ValueError("ignore: a module in `ignore` is not part of the model")
+    return name
+
+
+def _freeze_module(graph: DependencyGraph, model: nn.Module, item: nn.Module | str) -> None:
+    prefix = _module_name(model, item)
+    module = model.get_submodule(prefix)
     for pname, _ in module.named_parameters():
         full = _join(prefix, pname)
         for (n, _axis), dim in graph.dims.items():
             if n == full:
-                graph.freeze(dim.ids)
+                graph.freeze(dim.ids, "in `ignore`")

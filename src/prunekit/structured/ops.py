@@ -23,6 +23,7 @@ STRUCTURAL = {
     "unsqueeze",
     "expand",
     "expand_as",
+    "broadcast_to",
     "repeat",
     "repeat_interleave",
     "tile",
@@ -59,6 +60,9 @@ STRUCTURAL = {
     "take_along_dim",
     "split_with_sizes",
     "unfold",
+    "T",
+    "mH",
+    "H",
 }
 ELEMENTWISE = {
     "add",
@@ -198,6 +202,8 @@ REDUCTION = {
     "median",
     "var_mean",
     "std_mean",
+    "linalg_vector_norm",
+    "vector_norm",
 }
 SPATIAL = {
     "avg_pool1d",

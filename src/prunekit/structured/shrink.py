@@ -12,15 +12,25 @@ from prunekit.structured.groups import ChannelGroup
 
 __all__ = ["keep_indices", "shrink", "update_attributes"]
 
-_HEAD_DIM = ("head_dim", "attention_head_size", "head_size", "d_head", "dim_head")
+# Attribute names used for attention geometry across transformers, timm and hand-written models.
+_HEAD_DIM = (
+    "head_dim",
+    "attention_head_size",
+    "head_size",
+    "d_head",
+    "dim_head",
+    "key_value_proj_dim",
+    "d_kv",
+)
 _N_HEADS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "heads")
 _N_KV = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_kv_head")
-_INNER = ("all_head_size", "inner_dim")
+_INNER = ("all_head_size", "inner_dim", "attn_dim")
 _Q = ("q_proj", "query", "q", "wq", "q_lin", "to_q")
 _K = ("k_proj", "key", "k", "wk", "k_lin", "to_k")
 _FUSED = ("c_attn", "qkv", "Wqkv", "query_key_value", "qkv_proj")
-_OUT = ("o_proj", "out_proj", "c_proj", "proj", "wo", "out_lin", "to_out", "dense")
-_MLP_IN = ("gate_proj", "up_proj", "fc1", "fc_in", "c_fc", "w1", "lin1")
+_OUT = ("o_proj", "out_proj", "c_proj", "proj", "wo", "out_lin", "to_out", "dense", "o")
+_MLP_IN = ("gate_proj", "up_proj", "fc1", "fc_in", "c_fc", "w1", "lin1", "wi", "wi_0")
+_MLP_FUSED = ("gate_up_proj",)  # gate and up projections in one Linear (Phi-3)
 
 
 def keep_indices(
@@ -153,6 +163,30 @@ def _fix_layer(m: nn.Module) -> None:
             m.nx = int(m.weight.shape[0])
 
 
+def _attn_geometry(m: nn.Module) -> tuple[int, int, int] | None:
+    """(query heads, key/value heads, query width) of an attention module, from its weights."""
+    head_dim = next(
+        (getattr(m, n) for n in _HEAD_DIM if isinstance(getattr(m, n, None), int)), None
+    )
+    q = _child(m, _Q)
+    fused = _child(m, _FUSED) if q is None else None
+    if not head_dim or (q is None and fused is None):
+        return None
+    out = _child(m, _OUT)
+    if q is not None:
+        q_out = _out_features(q)
+        k = _child(m, _K)
+        kv_out = _out_features(k) if k is not None else q_out
+    else:
+        total = _out_features(fused)
+        # Query width is what the output projection reads; keys and values share the rest.
+        q_out = _in_features(out) if out is not None else total // 3
+        if not 0 < q_out <= total or (total - q_out) % 2:
+            q_out = total // 3
+        kv_out = (total - q_out) // 2
+    return q_out // head_dim, kv_out // head_dim, q_out
+
+
 def _fix_attention(m: nn.Module) -> None:
     head_dim = next(
         (getattr(m, n) for n in _HEAD_DIM if isinstance(getattr(m, n, None), int)), None
@@ -161,27 +195,48 @@ def _fix_attention(m: nn.Module) -> None:
     fused = _child(m, _FUSED) if q is None else None
     if head_dim is None or (q is None and fused is None):
         return
+    out = _child(m, _OUT)
     if q is not None:
         q_out = _out_features(q)
         k = _child(m, _K)
         kv_out = _out_features(k) if k is not None else q_out
     else:
-        q_out = kv_out = _out_features(fused) // 3
-        _set_int(m, ("split_size",), q_out)
-    _set_int(m, _N_HEADS, q_out // head_dim)
-    _set_int(m, _N_KV, kv_out // head_dim)
+        total = _out_features(fused)
+        # Query width is what the output projection reads; keys and values share the rest.
+        q_out = _in_features(out) if out is not None else total // 3
+        if not 0 < q_out <= total or (total - q_out) % 2:
+            q_out = total // 3
+        kv_out = (total - q_out) // 2
+        if isinstance(getattr(m, "split_size", None), int) and total == 3 * q_out:
+            _set_int(m, ("split_size",), q_out)
+    heads, kv_heads = q_out // head_dim, kv_out // head_dim
+    _set_int(m, _N_HEADS, heads)
+    if kv_heads and getattr(m, "num_kv_heads", None) != 1:  # multi-query keeps one kv head
+        _set_int(m, _N_KV, kv_heads)
+    if kv_heads and heads % kv_heads == 0:
+        _set_int(m, ("num_key_value_groups",), heads // kv_heads)
     _set_int(m, _INNER, q_out)
-    out = _child(m, _OUT)
     if out is not None:
         _set_int(m, ("embed_dim",), _out_features(out))
 
 
-def _fix_mlp(m: nn.Module) -> None:
+def _mlp_width(m: nn.Module) -> tuple[int, int] | None:
+    """(intermediate width, input width) of an MLP block, or None."""
     first = _child(m, _MLP_IN)
-    if first is None:
+    if first is not None:
+        return _out_features(first), _in_features(first)
+    fused = _child(m, _MLP_FUSED)
+    if fused is not None:
+        return _out_features(fused) // 2, _in_features(fused)
+    return None
+
+
+def _fix_mlp(m: nn.Module) -> None:
+    widths = _mlp_width(m)
+    if widths is None:
         return
-    _set_int(m, ("intermediate_size", "hidden_features"), _out_features(first))
-    _set_int(m, ("hidden_size", "in_features"), _in_features(first))
+    _set_int(m, ("intermediate_size", "hidden_features"), widths[0])
+    _set_int(m, ("hidden_size", "in_features"), widths[1])
 
 
 def update_attributes(model: nn.Module, touched: set[nn.Module] | None = None) -> None:
@@ -212,18 +267,13 @@ def _fix_config(model: nn.Module) -> None:
     kv: set[int] = set()
     inter: set[int] = set()
     for m in model.modules():
-        hd = next((getattr(m, n) for n in _HEAD_DIM if isinstance(getattr(m, n, None), int)), None)
-        q = _child(m, _Q)
-        if hd and q is not None:
-            heads.add(_out_features(q) // hd)
-            k = _child(m, _K)
-            if k is not None:
-                kv.add(_out_features(k) // hd)
-        elif hd and _child(m, _FUSED) is not None:
-            heads.add(_out_features(_child(m, _FUSED)) // 3 // hd)
-        first = _child(m, _MLP_IN)
-        if first is not None and _child(m, _Q + _FUSED) is None:
-            inter.add(_out_features(first))
+        geometry = _attn_geometry(m)
+        if geometry is not None:
+            heads.add(geometry[0])
+            kv.add(geometry[1])
+        widths = _mlp_width(m)
+        if widths is not None and _child(m, _Q + _FUSED) is None:
+            inter.add(widths[0])
     updates: dict[str, int] = {}
     width = None
     if embeds:
@@ -242,9 +292,45 @@ def _fix_config(model: nn.Module) -> None:
         for n in ("intermediate_size", "n_inner", "ffn_dim"):
             updates[n] = next(iter(inter))
     names = {f.name for f in fields(config)} if is_dataclass(config) else None
+    _fix_stage_lists(model, config)
     for key, value in updates.items():
         current = getattr(config, key, None)
         if names is not None and key not in names:
             continue
         if isinstance(current, int) and not isinstance(current, bool):
             setattr(config, key, int(value))
+
+
+_STAGE_LISTS = ("hidden_sizes", "embed_dims", "dims")
+
+
+def _fix_stage_lists(model: nn.Module, config: object) -> None:
+    """Per-stage width lists (``hidden_sizes``) read back from one norm layer per stage.
+
+    Applies where the model holds a ``ModuleList`` with one normalisation layer per stage (as
+    SegFormer's encoder does), so that code reading ``config.hidden_sizes[i]`` sees the new width.
+    """
+    for key in _STAGE_LISTS:
+        value = getattr(config, key, None)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) for v in value):
+            continue
+        for m in model.modules():
+            if not isinstance(m, nn.ModuleList) or len(m) != len(value):
+                continue
+            widths = [_norm_width(c) for c in m]
+            if all(w is not None for w in widths):
+                setattr(config, key, type(value)(widths))
+                break
+
+
+def _norm_width(m: nn.Module, final: bool = True) -> int | None:
+    """Width of a norm layer, or of the stage's closing norm (``stage.layer_norm``)."""
+    w = getattr(m, "weight", None)
+    if "norm" in type(m).__name__.lower() and isinstance(w, Tensor) and w.dim() == 1:
+        return int(w.shape[0])
+    if final:
+        for name in ("layer_norm", "norm", "final_layer_norm"):
+            child = getattr(m, name, None)
+            if isinstance(child, nn.Module):
+                return _norm_width(child, final=False)
+    return None
