@@ -23,7 +23,13 @@ from prunekit.structured.depth import (
 )
 from prunekit.structured.graph import DependencyGraph, UnsupportedOperationError, build_graph
 from prunekit.structured.groups import ChannelGroup, find_groups
-from prunekit.structured.prune import GroupChange, StructuredPlan, plan_pruning, prune
+from prunekit.structured.prune import (
+    GroupChange,
+    StructuredPlan,
+    StructuredPruningWarning,
+    plan_pruning,
+    prune,
+)
 from prunekit.structured.serialize import load_pruned, save_pruned
 from prunekit.structured.shrink import keep_indices, shrink, update_attributes
 from prunekit.structured.slimming import MaskSparsity, NetworkSlimming, bn_scales
@@ -36,6 +42,7 @@ __all__ = [
     "MaskSparsity",
     "NetworkSlimming",
     "StructuredPlan",
+    "StructuredPruningWarning",
     "UnsupportedOperationError",
     "allocate",
     "block_influence",

@@ -454,7 +454,7 @@ class _Tracer(TorchFunctionMode):
         # A constant region (zero padding) next to a channel makes that channel unprunable.
         acc = acc.expand(shape)
         for ids_b in partial:
-            self.g.freeze(acc[(ids_b < 0) & (acc >= 0)], "combined with a constant region")
+            self.g.freeze(acc[(ids_b < 0) & (acc >= 0)], "combined with a constant (zero-padded) region")
         for t in outs:
             if t.shape == shape and t.is_floating_point():
                 self.set_ids(t, acc)

@@ -31,6 +31,7 @@ class ChannelGroup:
     members: list[tuple[str, int]]
     index: dict[tuple[str, int], Tensor] = field(default_factory=dict)
     prunable: bool = True
+    reasons: list[str] = field(default_factory=list)  # why a fixed group cannot shrink
 
     @property
     def name(self) -> str:
@@ -70,7 +71,8 @@ def find_groups(graph: DependencyGraph) -> list[ChannelGroup]:
     for k in keys:
         if graph.dims[k].producer:
             producer_roots.update(roots[k].tolist())
-    frozen = graph.frozen_roots()
+    why = graph.frozen_reasons()
+    frozen = set(why)
     # Which members (and how many indices of each) every component touches.
     touch: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for ki, k in enumerate(keys):
@@ -99,6 +101,12 @@ def find_groups(graph: DependencyGraph) -> list[ChannelGroup]:
             order = torch.argsort(rank[roots[k]][pos] * (len(roots[k]) + 1) + pos)
             index[k] = pos[order].reshape(len(members_roots), count)
         ordered = sorted(index, key=lambda m: (not graph.dims[m].producer, m))
-        groups.append(ChannelGroup(ordered, {m: index[m] for m in ordered}, prunable))
+        reasons: list[str] = []
+        if not prunable:
+            for root in members_roots:
+                for r in why.get(root, ["no layer produces these channels"]):
+                    if r not in reasons:
+                        reasons.append(r)
+        groups.append(ChannelGroup(ordered, {m: index[m] for m in ordered}, prunable, reasons))
     groups.sort(key=lambda g: (not g.prunable, -g.size * g.unit))
     return groups

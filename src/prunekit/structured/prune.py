@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import math
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,13 +13,61 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.metrics import count_macs, count_params
-from prunekit.structured.allocation import allocate
+from prunekit.structured.allocation import _min_keep, allocate
 from prunekit.structured.criteria import group_importance
 from prunekit.structured.graph import DependencyGraph, _call, build_graph
 from prunekit.structured.groups import ChannelGroup, find_groups
 from prunekit.structured.shrink import keep_indices, shrink
 
-__all__ = ["GroupChange", "StructuredPlan", "plan_pruning", "prune"]
+__all__ = ["GroupChange", "StructuredPlan", "StructuredPruningWarning", "plan_pruning", "prune"]
+
+
+class StructuredPruningWarning(UserWarning):
+    """Fewer channels or heads than asked could be removed from a group."""
+
+
+# Channels that are fixed by design: the model's own inputs and outputs, and what the user ignored.
+# A head_dim vector shared by all heads stays whole while the heads themselves are removed.
+_EXPECTED = ("model input", "model output", "`ignore`", "shared by all heads")
+
+
+def _warn_shortfall(
+    groups: list[ChannelGroup],
+    pruned: dict[int, Tensor],
+    ratio: float | dict[str, float] | None,
+    min_channels: int | float,
+    round_to: int | None,
+) -> None:
+    """Warn for every group that lost fewer components than asked, naming it and the reason."""
+    for gi, g in enumerate(groups):
+        if not g.prunable:
+            if g.reasons and not all(any(e in r for e in _EXPECTED) for r in g.reasons):
+                if ratio is None or (isinstance(ratio, dict) and g.name not in ratio):
+                    continue
+                why = "; ".join(r for r in g.reasons if not any(e in r for e in _EXPECTED))
+                warnings.warn(
+                    f"group {g.name!r} ({g.size} x {g.unit} channels) cannot be pruned: {why}",
+                    StructuredPruningWarning,
+                    stacklevel=3,
+                )
+            continue
+        if ratio is None:
+            continue
+        r = ratio.get(g.name, 0.0) if isinstance(ratio, dict) else ratio
+        asked = int(math.floor(g.size * r + 1e-9))
+        done = len(pruned.get(gi, ()))
+        if done < asked:
+            if g.size - asked < _min_keep(g, min_channels):
+                why = f"min_channels={min_channels!r}"
+            else:
+                why = f"round_to={round_to!r}"
+            warnings.warn(
+                f"group {g.name!r}: removed {done} of the {asked} components asked "
+                f"({g.unit} channels each), limited by {why}",
+                StructuredPruningWarning,
+                stacklevel=3,
+            )
+
 
 _GRAD_CRITERIA = {"taylor"}
 
@@ -227,6 +277,13 @@ def prune(
             if mode == "uniform" and iterative_steps > 1:
                 step_ratio = _exact_step(groups, original, ratio, step, iterative_steps)
             pruned = allocate(groups, scores, step_ratio, **kwargs)
+        _warn_shortfall(
+            groups,
+            pruned,
+            None if target_macs or target_params or mode == "global" else step_ratio,
+            min_channels,
+            round_to,
+        )
         for gi, g in enumerate(groups):
             if g.prunable:
                 removed = len(pruned[gi]) if gi in pruned else 0
