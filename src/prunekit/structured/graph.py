@@ -454,7 +454,9 @@ class _Tracer(TorchFunctionMode):
         # A constant region (zero padding) next to a channel makes that channel unprunable.
         acc = acc.expand(shape)
         for ids_b in partial:
-            self.g.freeze(acc[(ids_b < 0) & (acc >= 0)], "combined with a constant (zero-padded) region")
+            self.g.freeze(
+                acc[(ids_b < 0) & (acc >= 0)], "combined with a constant (zero-padded) region"
+            )
         for t in outs:
             if t.shape == shape and t.is_floating_point():
                 self.set_ids(t, acc)
@@ -963,6 +965,7 @@ def build_graph(
             h.remove()
         model.train(was_training)
     _finish_full_params(graph, param_by_name)
+    _bind_untraced_tokens(graph, model)
     for item in ignore:
         _freeze_module(graph, model, item)
     return graph
@@ -987,6 +990,32 @@ def _finish_full_params(graph: DependencyGraph, param_by_name: dict[str, Tensor]
         vec = ids.movedim(chosen, -1).reshape(-1, ids.shape[chosen])
         uf.union_pairs(vec, vec[:1])
         graph.dims[(name, chosen)] = ParamDim(name, chosen, vec[0].clone(), False)
+
+
+def _bind_untraced_tokens(graph: DependencyGraph, model: nn.Module) -> None:
+    """Free parameters the example forward did not use follow their sibling token's channels.
+
+    DINOv2's ``mask_token`` (used only with ``bool_masked_pos=``) sits next to ``cls_token``:
+    its last axis is the hidden width, like the traced token's, and must shrink with it.
+    """
+    traced = {name for name, _ in graph.dims} | set(graph.full_params)
+    for mname, module in model.named_modules():
+        siblings = [
+            graph.dims[(_join(mname, n), p.dim() - 1)]
+            for n, p in module._parameters.items()
+            if p is not None
+            and (_join(mname, n), p.dim() - 1) in graph.dims
+            and _join(mname, n) in graph.full_params
+        ]
+        if not siblings:
+            continue
+        for n, p in module._parameters.items():
+            full = _join(mname, n)
+            if p is None or full in traced or p.dim() < 1:
+                continue
+            ref = next((d for d in siblings if d.ids.numel() == p.shape[-1]), None)
+            if ref is not None:
+                graph.dims[(full, p.dim() - 1)] = ParamDim(full, p.dim() - 1, ref.ids.clone())
 
 
 def _module_name(model: nn.Module, item: nn.Module | str) -> str:

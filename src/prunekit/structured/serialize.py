@@ -137,6 +137,7 @@ def save_pruned(
     }
     # Tied tensors share storage, which safetensors refuses: store independent copies.
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state.update(_derived_buffers(model))
     save_safetensors(state, out / "model.safetensors", {"format": FORMAT})
     write_json(arch, out / "architecture.json")
     return out
@@ -179,8 +180,9 @@ def load_pruned(path: str | os.PathLike[str], map_location: str = "cpu") -> nn.M
     # The weights are read (and checked) first: every shape below must match a stored tensor,
     # so a corrupt architecture.json cannot make the rebuild allocate more than the file holds.
     state, _ = load_safetensors(root / "model.safetensors")
+    derived = {k[len(_DERIVED) :]: state.pop(k) for k in list(state) if k.startswith(_DERIVED)}
     try:
-        model = _rebuild(arch, arch_file, state)
+        model = _rebuild(arch, arch_file, {**state, **derived})
     except PrunekitError:
         raise
     except (KeyError, TypeError, AttributeError, IndexError, ValueError, ImportError) as err:
@@ -190,6 +192,7 @@ def load_pruned(path: str | os.PathLike[str], map_location: str = "cpu") -> nn.M
         ) from None
     check_state_fits(model, state, root / "model.safetensors")
     model.load_state_dict(state, strict=True)
+    _restore_derived(model, derived, root / "model.safetensors")
     model.to(map_location)
     _retie(model)
     return model
@@ -261,3 +264,31 @@ def _retie(model: nn.Module) -> None:
     if callable(tie):
         with contextlib.suppress(AttributeError, TypeError, ValueError):
             tie()
+
+
+# Non-persistent buffers (Gemma's ``embed_scale = sqrt(hidden_size)``) are recomputed from the
+# config when a model is built, i.e. from the *pruned* size: save their values and restore them.
+_DERIVED = "__prunekit_nonpersistent__."
+
+
+def _derived_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    found: dict[str, torch.Tensor] = {}
+    for mname, module in model.named_modules():
+        for bname in getattr(module, "_non_persistent_buffers_set", ()):
+            buf = module._buffers.get(bname)
+            if buf is not None:
+                key = f"{mname}.{bname}" if mname else bname
+                found[_DERIVED + key] = buf.detach().clone().contiguous()
+    return found
+
+
+def _restore_derived(model: nn.Module, values: dict[str, torch.Tensor], path: Path) -> None:
+    modules = dict(model.named_modules())
+    for key, value in values.items():
+        mname, _, bname = key.rpartition(".")
+        module = modules.get(mname)
+        buf = None if module is None else module._buffers.get(bname)
+        if buf is None or buf.shape != value.shape:
+            raise FileFormatError(path, f"buffer {key!r} does not match the rebuilt model")
+        with torch.no_grad():
+            buf.copy_(value.to(buf.dtype))
