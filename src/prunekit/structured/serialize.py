@@ -75,10 +75,17 @@ def _config_record(model: nn.Module) -> dict[str, Any] | None:
     if config is None:
         return None
     if dataclasses.is_dataclass(config):
-        return {"kind": "dataclass", "values": dataclasses.asdict(config)}
-    if hasattr(config, "to_dict"):
-        return {"kind": "hf", "values": config.to_dict()}
-    return None
+        kind, values = "dataclass", dataclasses.asdict(config)
+    elif hasattr(config, "to_dict"):
+        kind, values = "hf", config.to_dict()
+    else:
+        return None
+    # Build the unpruned architecture (a pruned config may fail the config's own checks, e.g.
+    # hidden 23 with 4 heads) and apply the pruned values after reshaping.
+    original = getattr(model, "_prunekit_config0", {})
+    pruned = {k: values[k] for k in original if k in values}
+    values.update({k: v for k, v in original.items() if k in values})
+    return {"kind": kind, "values": values, "pruned": pruned}
 
 
 def _auto_factory(model: nn.Module) -> dict[str, Any] | None:
@@ -243,6 +250,11 @@ def _rebuild(arch: dict[str, Any], arch_file: Path, state: dict[str, torch.Tenso
     if config and config["kind"] == "dataclass" and getattr(model, "config", None) is not None:
         # A Hugging Face model was built from the saved config; a dataclass config is restored.
         for key, value in config["values"].items():
+            setattr(model.config, key, value)
+    if config and config.get("pruned"):
+        # Built from the unpruned values: now the config describes the pruned widths again.
+        model.__dict__["_prunekit_config0"] = {k: config["values"][k] for k in config["pruned"]}
+        for key, value in config["pruned"].items():
             setattr(model.config, key, value)
     return model
 

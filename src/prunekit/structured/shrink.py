@@ -29,7 +29,18 @@ _Q = ("q_proj", "query", "q", "wq", "q_lin", "to_q")
 _K = ("k_proj", "key", "k", "wk", "k_lin", "to_k")
 _FUSED = ("c_attn", "qkv", "Wqkv", "query_key_value", "qkv_proj")
 _OUT = ("o_proj", "out_proj", "c_proj", "proj", "wo", "out_lin", "to_out", "dense", "o")
-_MLP_IN = ("gate_proj", "up_proj", "fc1", "fc_in", "c_fc", "w1", "lin1", "wi", "wi_0")
+_MLP_IN = (
+    "gate_proj",
+    "up_proj",
+    "fc1",
+    "fc_in",
+    "c_fc",
+    "w1",
+    "lin1",
+    "wi",
+    "wi_0",
+    "dense_h_to_4h",
+)
 _MLP_FUSED = ("gate_up_proj",)  # gate and up projections in one Linear (Phi-3)
 
 
@@ -250,6 +261,28 @@ def update_attributes(model: nn.Module, touched: set[nn.Module] | None = None) -
     _fix_config(model)
 
 
+_WIDTH = ("hidden_size", "n_embd", "d_model", "embed_dim", "dim")
+_TIED_WIDTH = ("embedding_size", "word_embed_proj_dim")
+_HEAD_KEYS = (
+    "num_attention_heads",
+    "n_head",
+    "n_heads",
+    "num_heads",
+    "encoder_attention_heads",
+    "decoder_attention_heads",
+)
+_INTER_KEYS = (
+    "intermediate_size",
+    "n_inner",
+    "ffn_dim",
+    "ffn_hidden_size",
+    "d_ff",
+    "hidden_dim",
+    "encoder_ffn_dim",
+    "decoder_ffn_dim",
+)
+
+
 def _fix_config(model: nn.Module) -> None:
     """Update ``model.config`` fields that are uniform across layers (hidden size, heads, MLP)."""
     config = getattr(model, "config", None)
@@ -281,17 +314,26 @@ def _fix_config(model: nn.Module) -> None:
     elif norms:
         width = int(norms[-1].weight.shape[0])
     if width is not None:
-        for n in ("hidden_size", "n_embd", "d_model", "embed_dim", "dim"):
+        for n in _WIDTH:
             updates[n] = width
     if len(heads) == 1:
-        for n in ("num_attention_heads", "n_head", "n_heads", "num_heads"):
+        for n in _HEAD_KEYS:
             updates[n] = next(iter(heads))
     if len(kv) == 1:
         updates["num_key_value_heads"] = next(iter(kv))
     if len(inter) == 1:
-        for n in ("intermediate_size", "n_inner", "ffn_dim"):
+        for n in _INTER_KEYS:
             updates[n] = next(iter(inter))
     names = {f.name for f in fields(config)} if is_dataclass(config) else None
+    old_width = next(
+        (getattr(config, k) for k in _WIDTH if isinstance(getattr(config, k, None), int)), None
+    )
+    if width is not None and old_width is not None:
+        for key in _TIED_WIDTH:  # embedding widths that equalled the hidden size still do
+            if getattr(config, key, None) == old_width:
+                updates[key] = width
+    original = model.__dict__.setdefault("_prunekit_config0", {})
+    before = {k: getattr(config, k, None) for k in (*updates, *_STAGE_LISTS)}
     _fix_stage_lists(model, config)
     for key, value in updates.items():
         current = getattr(config, key, None)
@@ -299,6 +341,10 @@ def _fix_config(model: nn.Module) -> None:
             continue
         if isinstance(current, int) and not isinstance(current, bool):
             setattr(config, key, int(value))
+    for key, value in before.items():
+        if getattr(config, key, None) != value:
+            # The unpruned value rebuilds the original architecture (see ``save_pruned``).
+            original.setdefault(key, value)
 
 
 _STAGE_LISTS = ("hidden_sizes", "embed_dims", "dims")
