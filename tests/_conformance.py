@@ -68,12 +68,14 @@ def zero_pruned(model: nn.Module, groups, pruned) -> nn.Module:
     return clone
 
 
-def check_equivalence(model: nn.Module, inputs: dict, ratio: float) -> bool:
+def check_equivalence(model: nn.Module, inputs: dict, ratio: float) -> bool | None:
     """Pruning every group outside the normalised (residual) stream equals zeroing its slices."""
     graph = st.build_graph(model, inputs)
     groups = st.find_groups(graph)
     stats = statistics_groups(model, groups)
     ratios = {g.name: ratio for gi, g in enumerate(groups) if g.prunable and gi not in stats}
+    if not ratios:
+        return None  # every prunable group is normalised (ConvNeXtV2: LayerNorm and GRN)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", st.StructuredPruningWarning)
         groups, pruned, keep = st.plan_pruning(model, inputs, ratios)

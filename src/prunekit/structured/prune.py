@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -167,17 +168,37 @@ def plan_pruning(
     return groups, pruned, keep_indices(groups, pruned, _sizes(model, graph))
 
 
-def _verify(model: nn.Module, example_inputs: Any) -> None:
+def _stale_config(model: nn.Module, widths: dict[int, int]) -> list[str]:
+    """Config fields (or list entries) that still hold a width pruning changed (old -> new)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return []
+    values = config.to_dict() if hasattr(config, "to_dict") else vars(config)
+    stale = []
+    for key, value in values.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value in widths:
+            stale.append(f"config.{key}={value} (pruned to {widths[value]})")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                if isinstance(v, int) and not isinstance(v, bool) and v in widths:
+                    stale.append(f"config.{key}[{i}]={v} (pruned to {widths[v]})")
+    return stale
+
+
+def _verify(model: nn.Module, example_inputs: Any, widths: dict[int, int] | None = None) -> None:
     was = model.training
     model.eval()
     try:
         with torch.no_grad():
             _call(model, example_inputs)
     except Exception as err:  # report any failure with the cause attached
+        stale = _stale_config(model, widths or {})
+        hint = f"the model config still holds a pruned width: {', '.join(stale)}; " if stale else ""
         raise RuntimeError(
             "the pruned model no longer runs on the example inputs "
-            f"({type(err).__name__}: {err}); a module probably depends on a pruned size through an "
-            "attribute prunekit does not know: pass that module in `ignore`"
+            f"({type(err).__name__}: {err}); {hint}a module probably depends on a pruned size "
+            "through an attribute or config field prunekit does not know: pass that module in "
+            "`ignore`"
         ) from err
     finally:
         model.train(was)
@@ -202,6 +223,7 @@ def prune(
     seed: int = 0,
     inplace: bool = False,
     verify: bool = True,
+    uniform_layers: bool = False,
 ) -> tuple[nn.Module, StructuredPlan]:
     """Remove channels, filters and attention heads; return the smaller model and its plan.
 
@@ -230,6 +252,10 @@ def prune(
         inplace: prune ``model`` itself instead of a copy (default False). A ``loss_fn``
             receives the model being pruned (the copy unless ``inplace=True``).
         verify: run the pruned model on ``example_inputs`` and raise if it fails.
+        uniform_layers: groups that differ only by a layer index (``layers.0.mlp.up_proj``,
+            ``layers.1.mlp.up_proj``) all keep the same width (the widest any of them keeps), so
+            that a per-model config such as Hugging Face's ``intermediate_size`` describes every
+            layer and ``from_pretrained`` can rebuild the model.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -277,6 +303,8 @@ def prune(
             if mode == "uniform" and iterative_steps > 1:
                 step_ratio = _exact_step(groups, original, ratio, step, iterative_steps)
             pruned = allocate(groups, scores, step_ratio, **kwargs)
+        if uniform_layers:
+            pruned = _same_width_per_layer(groups, scores, pruned)
         _warn_shortfall(
             groups,
             pruned,
@@ -291,7 +319,12 @@ def prune(
         keep = keep_indices(groups, pruned, sizes)
         touched.update(shrink(model, keep))
     if verify:
-        _verify(model, example_inputs)
+        widths = {}
+        for name, before in original.items():
+            after, unit, _ = current.get(name, (before, 1, []))
+            if after != before:
+                widths.setdefault(before * unit, after * unit)
+        _verify(model, example_inputs, widths)
     changes = [
         GroupChange(name, before, *current.get(name, (before, 1, [])))
         for name, before in original.items()
@@ -307,6 +340,30 @@ def prune(
         modules=sorted(touched),
     )
     return model, plan
+
+
+def _layer_pattern(name: str) -> str:
+    return re.sub(r"\.\d+(?=\.|$)", ".#", name)
+
+
+def _same_width_per_layer(
+    groups: list[ChannelGroup], scores: dict[int, Tensor], pruned: dict[int, Tensor]
+) -> dict[int, Tensor]:
+    """Remove the same number of components from every group of one layer pattern (the fewest)."""
+    fewest: dict[tuple[str, int, int], int] = {}
+    for gi, g in enumerate(groups):
+        if g.prunable:
+            key = (_layer_pattern(g.name), g.size, g.unit)
+            n = len(pruned.get(gi, ()))
+            fewest[key] = min(fewest.get(key, n), n)
+    out: dict[int, Tensor] = {}
+    for gi, g in enumerate(groups):
+        if not g.prunable:
+            continue
+        n = fewest[(_layer_pattern(g.name), g.size, g.unit)]
+        if n:
+            out[gi] = torch.argsort(scores[gi], stable=True)[:n]
+    return out
 
 
 def _step_ratio(ratio: float | dict[str, float], step: int, steps: int) -> float | dict[str, float]:
