@@ -42,6 +42,16 @@ def toy_cnn() -> nn.Module:
     return ToyCNN()
 
 
+def pytest_collection_modifyitems(config, items):
+    """``conformance`` tests run only when asked for (``-m conformance``)."""
+    if "conformance" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="conformance suite: run with -m conformance")
+    for item in items:
+        if "conformance" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def single_thread():
     """Tests use tiny models, which run fastest on one torch thread (OpenMP spin-waiting makes

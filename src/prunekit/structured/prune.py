@@ -29,7 +29,14 @@ class StructuredPruningWarning(UserWarning):
 
 # Channels that are fixed by design: the model's own inputs and outputs, and what the user ignored.
 # A head_dim vector shared by all heads stays whole while the heads themselves are removed.
-_EXPECTED = ("model input", "model output", "`ignore`", "shared by all heads")
+# Weight slices that read constant (padded) channels are not channels of their own.
+_EXPECTED = (
+    "model input",
+    "model output",
+    "`ignore`",
+    "shared by all heads",
+    "constant (padded) input channels",
+)
 
 
 def _warn_shortfall(
