@@ -239,6 +239,9 @@ def _mlp_width(m: nn.Module) -> tuple[int, int] | None:
     fused = _child(m, _MLP_FUSED)
     if fused is not None:
         return _out_features(fused) // 2, _in_features(fused)
+    dense = _child(m, ("dense",))
+    if dense is not None and type(m).__name__.endswith("Intermediate"):  # BERT-style MLP input
+        return _out_features(dense), _in_features(dense)
     return None
 
 
@@ -320,7 +323,8 @@ def _fix_config(model: nn.Module) -> None:
         for n in _HEAD_KEYS:
             updates[n] = next(iter(heads))
     if len(kv) == 1:
-        updates["num_key_value_heads"] = next(iter(kv))
+        for n in ("num_key_value_heads", "num_kv_heads"):
+            updates[n] = next(iter(kv))
     if len(inter) == 1:
         for n in _INTER_KEYS:
             updates[n] = next(iter(inter))
