@@ -19,9 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -91,6 +94,7 @@ def tp_worker(name: str) -> dict:
     torch.set_num_threads(1)
     model, inputs, kind = build(name)
     macs0 = count_macs(model, inputs)
+    print("ready", flush=True)  # the timeout covers pruning, not imports on a busy machine
     heads = getattr(model.config, "num_labels", None)
     vocab = getattr(model.config, "vocab_size", None)
     ignored = [
@@ -123,18 +127,33 @@ def tp_worker(name: str) -> dict:
     return row
 
 
-def tp_row(name: str, timeout: float) -> dict:
+def tp_row(name: str, timeout: float, startup: float = 300.0) -> dict:
+    """Run :func:`tp_worker` in a subprocess; ``timeout`` counts from the model being built."""
     env = dict(os.environ, OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error")
     cmd = [sys.executable, __file__, "--tp-worker", name]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"prunes": False, "error": f"timeout ({timeout:.0f} s)"}
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-    if done.returncode != 0 or not lines:
-        last = (done.stderr.strip().splitlines() or ["?"])[-1]
-        return {"prunes": False, "error": last[:120]}
-    return json.loads(lines[-1])
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()
+        deadline, ready, result = time.monotonic() + startup, False, None
+        while proc.poll() is None or not lines.empty():
+            try:
+                line = lines.get(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    proc.kill()
+                    proc.wait()
+                    return {"prunes": False, "error": f"timeout ({timeout:.0f} s)"}
+                continue
+            if line.startswith("ready") and not ready:
+                ready, deadline = True, time.monotonic() + timeout
+            elif line.startswith("{"):
+                result = json.loads(line)
+        if proc.returncode != 0 or result is None:
+            err.seek(0)
+            last = (err.read().strip().splitlines() or ["?"])[-1]
+            return {"prunes": False, "error": last[:120]}
+        return result
 
 
 def _mark(value) -> str:
