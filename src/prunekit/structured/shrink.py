@@ -199,34 +199,20 @@ def _attn_geometry(m: nn.Module) -> tuple[int, int, int] | None:
 
 
 def _fix_attention(m: nn.Module) -> None:
-    head_dim = next(
-        (getattr(m, n) for n in _HEAD_DIM if isinstance(getattr(m, n, None), int)), None
-    )
-    q = _child(m, _Q)
-    fused = _child(m, _FUSED) if q is None else None
-    if head_dim is None or (q is None and fused is None):
+    geometry = _attn_geometry(m)
+    if geometry is None:
         return
-    out = _child(m, _OUT)
-    if q is not None:
-        q_out = _out_features(q)
-        k = _child(m, _K)
-        kv_out = _out_features(k) if k is not None else q_out
-    else:
-        total = _out_features(fused)
-        # Query width is what the output projection reads; keys and values share the rest.
-        q_out = _in_features(out) if out is not None else total // 3
-        if not 0 < q_out <= total or (total - q_out) % 2:
-            q_out = total // 3
-        kv_out = (total - q_out) // 2
-        if isinstance(getattr(m, "split_size", None), int) and total == 3 * q_out:
-            _set_int(m, ("split_size",), q_out)
-    heads, kv_heads = q_out // head_dim, kv_out // head_dim
+    heads, kv_heads, q_out = geometry
+    fused = _child(m, _FUSED) if _child(m, _Q) is None else None
+    if fused is not None and _out_features(fused) == 3 * q_out:
+        _set_int(m, ("split_size",), q_out)
     _set_int(m, _N_HEADS, heads)
-    if kv_heads and getattr(m, "num_kv_heads", None) != 1:  # multi-query keeps one kv head
+    if kv_heads:
         _set_int(m, _N_KV, kv_heads)
-    if kv_heads and heads % kv_heads == 0:
-        _set_int(m, ("num_key_value_groups",), heads // kv_heads)
+        if heads % kv_heads == 0:
+            _set_int(m, ("num_key_value_groups",), heads // kv_heads)
     _set_int(m, _INNER, q_out)
+    out = _child(m, _OUT)
     if out is not None:
         _set_int(m, ("embed_dim",), _out_features(out))
 
