@@ -209,6 +209,39 @@ def test_qwen3_heads_are_removed_despite_shared_head_norms():
     assert attn.q_proj.out_features == 2 * 8 and attn.q_norm.weight.shape == (8,)
 
 
+class HeadNorm(nn.Module):
+    """Attention with torch's RMSNorm over head_dim on queries and keys (one weight, all heads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = 4, 8
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(16, 32) for _ in range(3))
+        self.q_norm, self.k_norm = nn.RMSNorm(8), nn.RMSNorm(8)
+        self.o_proj = nn.Linear(32, 16)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(b, t, -1, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x).view(b, t, -1, self.head_dim)).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+def test_torch_rms_norm_over_head_dim_keeps_heads_apart():
+    torch.manual_seed(0)
+    model = HeadNorm().eval()
+    x = torch.randn(1, 5, 16)
+    groups = st.find_groups(st.build_graph(model, x))
+    heads = next(g for g in groups if ("q_proj.weight", 0) in g.members)
+    assert heads.prunable and heads.size == 4 and heads.unit == 8
+    assert check_equivalence(model, {"x": x}, 0.5) is True
+    _, _, keep = st.plan_pruning(model, x, {heads.name: 0.5})
+    small = copy.deepcopy(model)
+    st.shrink(small, keep)
+    assert small.q_proj.out_features == 16 and small.q_norm.weight.shape == (8,)
+
+
 def test_phi3_config_reloads_with_from_pretrained(tmp_path):
     model, inputs, _ = build("phi3")
     small, _ = st.prune(model, inputs, ratio=0.5)

@@ -187,7 +187,6 @@ class _Tracer(TorchFunctionMode):
         self.module_stack: list[str] = []
         self.param_by_name: dict[str, Tensor] = {}
         self.transposed: dict[int, str] = {}  # id of ``W.T`` for a 2-D parameter W -> W's name
-        self.ignored: set[str] = set()  # modules traced as opaque leaves
 
     # ---- annotations ----
     def ids_of(self, t: Any) -> Tensor | None:
@@ -468,9 +467,8 @@ class _Tracer(TorchFunctionMode):
         v_ids = self.ids_of(value) if isinstance(value, Tensor) else None
         if ids is None:
             if v_ids is not None:
-                self.g.freeze(
-                    v_ids, "written into a constant tensor"
-                )  # written into a constant whose size cannot follow
+                # written into a constant whose size cannot follow
+                self.g.freeze(v_ids, "written into a constant tensor")
             return
         new = ids.clone()
         new[tree_map(self._sub, idx)] = v_ids if v_ids is not None else -1
