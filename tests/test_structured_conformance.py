@@ -40,7 +40,8 @@ FAST = {
 
 # Where save_pretrained + from_pretrained reproduces the pruned model exactly: the pruned widths
 # are uniform across layers and satisfy the config's own relations (hidden divisible by heads
-# where head_dim is not a config field), and no buffer is derived from a pruned size.
+# where head_dim is not a config field), and no buffer or attribute is derived from a pruned
+# size (Gemma's embed_scale, T5's model_dim rescaling of tied logits).
 HF_RELOAD = {
     0.5: {
         "llama",
@@ -57,12 +58,12 @@ HF_RELOAD = {
         "roberta",
         "distilbert",
         "electra",
-        "t5",
+        "bart",
         "vit",
         "deit",
         "dinov2",
     },
-    0.3: {"mistral", "qwen3", "t5"},
+    0.3: {"mistral", "qwen3"},
 }
 
 

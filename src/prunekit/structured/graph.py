@@ -864,6 +864,21 @@ def _tensors(x: Any) -> list[Tensor]:
     return [t for t in tree_flatten(x)[0] if isinstance(t, Tensor)]
 
 
+# Fields of Hugging Face outputs that expose internal states rather than results: their widths
+# follow pruning (a seq2seq LM returns ``encoder_last_hidden_state`` next to its logits).
+_INTERNAL_OUTPUTS = {
+    "encoder_last_hidden_state",
+    "hidden_states",
+    "encoder_hidden_states",
+    "decoder_hidden_states",
+    "attentions",
+    "encoder_attentions",
+    "decoder_attentions",
+    "cross_attentions",
+    "past_key_values",
+}
+
+
 def _flatten_outputs(out: Any) -> list[Tensor]:
     """Tensors of a model output (tuples, dicts, dataclass-like Hugging Face outputs)."""
     found: list[Tensor] = []
@@ -872,6 +887,8 @@ def _flatten_outputs(out: Any) -> list[Tensor]:
         item = stack.pop()
         if isinstance(item, Tensor):
             found.append(item)
+        elif isinstance(item, dict) and hasattr(item, "to_tuple"):
+            stack.extend(v for k, v in item.items() if k not in _INTERNAL_OUTPUTS)
         elif isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
