@@ -42,15 +42,21 @@ _EXPECTED = (
 def _warn_shortfall(
     groups: list[ChannelGroup],
     pruned: dict[int, Tensor],
-    ratio: float | dict[str, float] | None,
+    ratio: float | dict[str, float],
+    per_group: bool,
     min_channels: int | float,
     round_to: int | None,
 ) -> None:
-    """Warn for every group that lost fewer components than asked, naming it and the reason."""
+    """Warn for every group that lost fewer components than asked, naming it and the reason.
+
+    A fixed group warns unless it is fixed by design (``_EXPECTED``) or a dict of ratios leaves
+    it out; with ``per_group`` (uniform ratios) a group that lost fewer than ``floor(size *
+    ratio)`` components warns too.
+    """
     for gi, g in enumerate(groups):
         if not g.prunable:
             if g.reasons and not all(any(e in r for e in _EXPECTED) for r in g.reasons):
-                if ratio is None or (isinstance(ratio, dict) and g.name not in ratio):
+                if isinstance(ratio, dict) and g.name not in ratio:
                     continue
                 why = "; ".join(r for r in g.reasons if not any(e in r for e in _EXPECTED))
                 warnings.warn(
@@ -59,7 +65,7 @@ def _warn_shortfall(
                     stacklevel=3,
                 )
             continue
-        if ratio is None:
+        if not per_group:
             continue
         r = ratio.get(g.name, 0.0) if isinstance(ratio, dict) else ratio
         asked = int(math.floor(g.size * r + 1e-9))
@@ -67,8 +73,10 @@ def _warn_shortfall(
         if done < asked:
             if g.size - asked < _min_keep(g, min_channels):
                 why = f"min_channels={min_channels!r}"
-            else:
+            elif round_to and round_to > 1:
                 why = f"round_to={round_to!r}"
+            else:
+                why = "uniform_layers=True (another layer of this kind keeps more)"
             warnings.warn(
                 f"group {g.name!r}: removed {done} of the {asked} components asked "
                 f"({g.unit} channels each), limited by {why}",
@@ -312,10 +320,12 @@ def prune(
             pruned = allocate(groups, scores, step_ratio, **kwargs)
         if uniform_layers:
             pruned = _same_width_per_layer(groups, scores, pruned)
+        targeted = target_macs is not None or target_params is not None
         _warn_shortfall(
             groups,
             pruned,
-            None if target_macs or target_params or mode == "global" else step_ratio,
+            ratio,
+            not targeted and mode == "uniform" and iterative_steps == 1,
             min_channels,
             round_to,
         )
