@@ -59,6 +59,8 @@ HF_RELOAD = {
         "distilbert",
         "electra",
         "bart",
+        "convnext",
+        "convnextv2",
         "vit",
         "deit",
         "dinov2",

@@ -341,10 +341,11 @@ _STAGE_LISTS = ("hidden_sizes", "embed_dims", "dims")
 
 
 def _fix_stage_lists(model: nn.Module, config: object) -> None:
-    """Per-stage width lists (``hidden_sizes``) read back from one norm layer per stage.
+    """Per-stage width lists (``hidden_sizes``) read back from the last norm layer of each stage.
 
-    Applies where the model holds a ``ModuleList`` with one normalisation layer per stage (as
-    SegFormer's encoder does), so that code reading ``config.hidden_sizes[i]`` sees the new width.
+    Applies where the model holds a ``ModuleList`` of stages, one per list entry, each ending in a
+    normalisation layer over its output width (SegFormer, ConvNeXt, ResNet, RegNet), so that code
+    and configs reading ``config.hidden_sizes[i]`` see the new width.
     """
     for key in _STAGE_LISTS:
         value = getattr(config, key, None)
@@ -359,14 +360,11 @@ def _fix_stage_lists(model: nn.Module, config: object) -> None:
                 break
 
 
-def _norm_width(m: nn.Module, final: bool = True) -> int | None:
-    """Width of a norm layer, or of the stage's closing norm (``stage.layer_norm``)."""
-    w = getattr(m, "weight", None)
-    if "norm" in type(m).__name__.lower() and isinstance(w, Tensor) and w.dim() == 1:
-        return int(w.shape[0])
-    if final:
-        for name in ("layer_norm", "norm", "final_layer_norm"):
-            child = getattr(m, name, None)
-            if isinstance(child, nn.Module):
-                return _norm_width(child, final=False)
-    return None
+def _norm_width(m: nn.Module) -> int | None:
+    """Width of the last normalisation layer in ``m`` (``m`` itself included)."""
+    width = None
+    for sub in m.modules():
+        w = getattr(sub, "weight", None)
+        if "norm" in type(sub).__name__.lower() and isinstance(w, Tensor) and w.dim() == 1:
+            width = int(w.shape[0])
+    return width
