@@ -328,3 +328,17 @@ def test_fewer_channels_than_asked_warns_with_the_group_and_reason():
     with warnings.catch_warnings():
         warnings.simplefilter("error", st.StructuredPruningWarning)
         st.prune(create_model("mlp", hidden=(16, 8)), torch.randn(1, 64), ratio=0.5)
+
+
+def test_load_pruned_rebuilds_from_the_unpruned_config(tmp_path):
+    model, inputs, _ = build("llama")
+    small, _ = st.prune(model, inputs, ratio=0.3)
+    assert small.config.hidden_size == 23 and small.config.num_attention_heads == 4
+    # the config class refuses it (huggingface_hub raises its own validation error type)
+    with pytest.raises(Exception, match="multiple|divisible"):
+        type(small.config).from_dict(small.config.to_dict())
+    st.save_pruned(small, tmp_path)
+    again = st.load_pruned(tmp_path).eval()
+    assert again.config.hidden_size == 23
+    with torch.no_grad():
+        assert torch.equal(output(again, inputs), output(small, inputs))
