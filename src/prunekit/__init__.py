@@ -7,6 +7,13 @@
 0.9
 """
 
+import os as _os
+from collections.abc import Callable as _Callable
+from collections.abc import Sequence as _Sequence
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+
+import torch as _torch
+
 from prunekit import structured
 from prunekit.allocation import list_allocations
 from prunekit.at_init import DensityTable, prune_at_init
@@ -26,7 +33,28 @@ from prunekit.sparse_training import GraNet, RigL
 from prunekit.targets import Targets, select_targets
 from prunekit.training import Trainer
 
+if _TYPE_CHECKING:
+    from prunekit.experiments.reload import LoadedRun as _LoadedRun
+
 __version__ = "0.1.0"
+
+
+def load_run(
+    run_dir: "str | _os.PathLike[str]",
+    *,
+    allow_import: "_Sequence[str] | None" = None,
+    factory: "_Callable[..., _torch.nn.Module] | None" = None,
+    device: "str | _torch.device" = "cpu",
+) -> "_LoadedRun":
+    """Reload a finished run: ``.model`` (final weights), ``.masks``, ``.metrics``.
+
+    See :func:`prunekit.experiments.reload.load_run`; a model built by the user's
+    ``module:function`` factory needs ``factory=`` or ``allow_import=["mypkg"]``.
+    """
+    from prunekit.experiments.reload import load_run as _load_run
+
+    return _load_run(run_dir, allow_import=allow_import, factory=factory, device=device)
+
 
 __all__ = [
     "Criterion",
@@ -41,6 +69,7 @@ __all__ = [
     "create_schedule",
     "list_datasets",
     "list_schedules",
+    "load_run",
     "pq_index",
     "pq_index_report",
     "prune_at_init",

@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "prunekit.commands.run",
     "prunekit.commands.sweep",
     "prunekit.commands.report",
+    "prunekit.commands.export",
     "prunekit.commands.prune_llm",
 ]
 

@@ -11,13 +11,14 @@ import hashlib
 import json
 import os
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from prunekit.experiments.typed import ConfigError, from_dict, set_path, to_dict
+from prunekit.experiments.yamlio import YAMLError, load_yaml
+from prunekit.registry import Registry
 
 __all__ = [
     "ConfigError",
@@ -40,9 +41,22 @@ __all__ = [
     "resolve",
 ]
 
-SCHEDULE_NAMES = (
-    "one_shot", "imp", "bimp", "gmp", "rigl", "granet", "at_init", "soups", "sfw", "sap"
-)  # fmt: skip
+# The schedules a config may name (``prune.schedule``), listed by ``prunekit list``.
+RUN_SCHEDULES: Registry = Registry("schedule")
+for _name, _doc in (
+    ("one_shot", "Prune the dense model once to the final sparsity, then retrain."),
+    ("imp", "Iterative magnitude pruning: prune-retrain phases (optionally rewinding)."),
+    ("bimp", "Budgeted IMP: linear-decay dense training, retraining split over the phases."),
+    ("gmp", "Gradual magnitude pruning during training (cubic schedule)."),
+    ("rigl", "RigL dynamic sparse training: drop by magnitude, grow by gradient."),
+    ("granet", "GraNet: gradual pruning plus RigL-style regrowth during training."),
+    ("at_init", "Prune the untrained model (e.g. snip, grasp, synflow), then train it sparse."),
+    ("soups", "Sparse Model Soups: average retrained copies of one pruned model per phase."),
+    ("sfw", "Stochastic Frank-Wolfe training in a constraint set, then compression."),
+    ("sap", "Sparsity-aware pruning rounds sized by the PQ Index."),
+):
+    RUN_SCHEDULES.register(_name, doc=_doc)(_name)
+SCHEDULE_NAMES = tuple(RUN_SCHEDULES.names())
 # Schedules that prune during (or before) one training run: no separate dense model.
 TRAINING_SCHEDULES = ("gmp", "rigl", "granet", "at_init", "sfw")
 # Schedules run by a whole recipe of prunekit.training (soups and sap prune the dense model).
@@ -52,45 +66,108 @@ _NOT_HASHED = ("name", "output", "tracker", "sweep")
 _TRAIN_NOT_HASHED = ("progress", "checkpoint_every", "threads")
 
 
-def _choice(path: str, value: str, allowed: list[str], kind: str) -> None:
+def _choice(path: str, value: str, allowed: list[str], kind: str, quoted: bool = False) -> None:
     if value not in allowed:
-        raise ConfigError(f"{path}: unknown {kind} {value!r}; allowed: {', '.join(allowed)}")
+        names = ", ".join(repr(a) if quoted else a for a in allowed)
+        raise ConfigError(f"{path}: unknown {kind} {value!r}; allowed: {names}")
 
 
 def _key(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
+def accepted_names() -> dict[str, list[str]]:
+    """Config key -> the names its validator accepts, read from the registries themselves
+    (``prunekit list`` shows every one; ``prune.allocation`` also takes N:M patterns)."""
+    from prunekit.allocation import ALLOCATIONS
+    from prunekit.criteria import CRITERIA
+    from prunekit.data import DATASETS
+    from prunekit.models import MODELS
+    from prunekit.training.lr import RETRAIN_SCHEDULES, TRAIN_SCHEDULES
+
+    return {
+        "model.name": MODELS.names(),
+        "data.name": DATASETS.names(),
+        "train.lr_schedule": list(TRAIN_SCHEDULES),
+        "train.optimizer": list(typing.get_args(typing.get_type_hints(TrainConfig)["optimizer"])),
+        "prune.criterion": CRITERIA.names(),
+        "prune.allocation": ALLOCATIONS.names(),
+        "prune.schedule": RUN_SCHEDULES.names(),
+        "retrain.schedule": RETRAIN_SCHEDULES.names(),
+    }
+
+
+def _llm_hint(path: str, name: str) -> None:
+    from prunekit.llm.engine import METHODS
+
+    if name in METHODS or name == "owl":
+        raise ConfigError(
+            f"{path}: {name!r} is a layer-wise LLM pruning method; use 'prunekit prune-llm' or "
+            "prunekit.llm.prune_llm (criteria for 'prunekit run': prunekit list criteria)"
+        )
+
+
 @dataclass
 class ModelConfig:
-    """``name`` from the model registry (``prunekit list models``) and its keyword arguments.
+    """The model: a registry ``name``, the user's own ``factory`` or a local Hugging Face folder.
 
-    ``in_features`` / ``in_channels`` / ``length`` / ``num_classes`` / ``vocab_size`` are filled in
-    from the data set when the model takes them and the config leaves them out.
+    - ``name`` from the model registry (``prunekit list models``);
+    - ``factory: "mypkg.models:build"``: a function of the user's code returning an ``nn.Module``
+      (imported only from the config file given on the command line, never from a run directory);
+    - ``hf: path/to/local/dir`` with ``class: AutoModelForSequenceClassification``: a transformers
+      class by name, loaded with ``trust_remote_code=False`` from local files only.
+
+    ``kwargs`` go to the factory (``from_pretrained`` for ``hf``). ``in_features`` /
+    ``in_channels`` / ``length`` / ``num_classes`` / ``vocab_size`` (``num_labels`` for ``hf``
+    classification heads) are filled in from the data set when the factory takes them and the
+    config leaves them out. With ``factory`` or ``hf``, ``name`` is only the label in reports.
     """
 
     name: str = "mlp"
     kwargs: dict[str, Any] = field(default_factory=dict)
+    factory: str | None = None
+    hf: str | None = None
+    hf_class: str | None = None
 
     def validate(self, path: str) -> None:
-        from prunekit.models import MODELS
+        from prunekit.experiments.sources import check_factory_spec, check_hf_class_name
 
-        _choice(_key(path, "name"), self.name, MODELS.names(), "model")
+        if self.factory is not None and self.hf is not None:
+            raise ConfigError(f"{_key(path, 'factory')}: give either factory or hf, not both")
+        if self.factory is not None:
+            check_factory_spec(self.factory, _key(path, "factory"))
+        elif self.hf is not None:
+            if self.hf_class is None:
+                raise ConfigError(
+                    f"{_key(path, 'class')}: hf needs the transformers class by name, e.g. "
+                    "class: AutoModelForSequenceClassification"
+                )
+            check_hf_class_name(self.hf_class, _key(path, "class"))
+        else:
+            if self.hf_class is not None:
+                raise ConfigError(f"{_key(path, 'class')}: only used with hf: <local folder>")
+            _choice(_key(path, "name"), self.name, accepted_names()["model.name"], "model")
 
 
 @dataclass
 class DataConfig:
-    """``name`` from the data set registry and its keyword arguments (e.g. ``num_samples``)."""
+    """``name`` from the data set registry, or the user's own ``factory: "mypkg.data:build"``
+    returning a :class:`~prunekit.data.DatasetBundle`; ``kwargs`` go to either (e.g.
+    ``num_samples``). With ``factory``, ``name`` is only the label in reports."""
 
     name: str = "mnist1d"
     kwargs: dict[str, Any] = field(default_factory=dict)
     calibration_batches: int = 4
     calibration_batch_size: int = 128
+    factory: str | None = None
 
     def validate(self, path: str) -> None:
-        from prunekit.data import DATASETS
+        from prunekit.experiments.sources import check_factory_spec
 
-        _choice(_key(path, "name"), self.name, DATASETS.names(), "dataset")
+        if self.factory is not None:
+            check_factory_spec(self.factory, _key(path, "factory"))
+        else:
+            _choice(_key(path, "name"), self.name, accepted_names()["data.name"], "dataset")
         for key in ("calibration_batches", "calibration_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{_key(path, key)}: expected a positive integer")
@@ -195,17 +272,18 @@ class PruneConfig:
     :class:`~prunekit.training.SFWSpec` fields, ``null`` for the plain-optimizer baseline) and
     ``sap`` (PQ-Index-sized pruning rounds of the dense model). For these ``options`` are the
     recipe's keyword arguments that no other key sets.
+
+    ``sparsity`` defaults to 0.9; an N:M ``allocation`` (e.g. ``2:4``) implies it (1 - N/M), so
+    leave it out (or give exactly that value).
     """
 
-    sparsity: float = 0.9
+    sparsity: float | None = None
     criterion: str = "magnitude"
     criterion_options: dict[str, Any] = field(default_factory=dict)
     allocation: str = "global"
     min_keep: int | float | None = None
     targets: TargetsConfig = field(default_factory=TargetsConfig)
-    schedule: Literal[
-        "one_shot", "imp", "bimp", "gmp", "rigl", "granet", "at_init", "soups", "sfw", "sap"
-    ] = "one_shot"
+    schedule: str = "one_shot"
     phases: int = 3
     rewind: Literal["weights", "lr", "none"] = "none"
     rewind_iteration: int = 0
@@ -214,18 +292,28 @@ class PruneConfig:
     gmp_frequency: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
-    def validate(self, path: str) -> None:
-        from prunekit.allocation import ALLOCATIONS
-        from prunekit.criteria import CRITERIA
+    def __post_init__(self) -> None:
+        if self.sparsity is None and _nm(self.allocation) is None:
+            self.sparsity = 0.9
 
-        _choice(_key(path, "criterion"), self.criterion, CRITERIA.names(), "criterion")
-        if not re.fullmatch(r"\d+:\d+", self.allocation):
+    def validate(self, path: str) -> None:
+        names = accepted_names()
+        _choice(_key(path, "schedule"), self.schedule, names["prune.schedule"], "schedule", True)
+        if self.criterion not in names["prune.criterion"]:
+            _llm_hint(_key(path, "criterion"), self.criterion)
+        _choice(_key(path, "criterion"), self.criterion, names["prune.criterion"], "criterion")
+        nm = _nm(self.allocation)
+        if nm is None:
             _choice(
                 _key(path, "allocation"),
                 self.allocation,
-                [*ALLOCATIONS.names(), "N:M (e.g. 2:4)"],
+                [*names["prune.allocation"], "N:M (e.g. 2:4)"],
                 "allocation",
             )
+        else:
+            self._check_nm(path, nm)
+        self._check_criterion_options(path)
+        assert self.sparsity is not None  # set by __post_init__ / _check_nm
         if not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(
                 f"{_key(path, 'sparsity')}: expected a fraction in [0, 1), got {self.sparsity}"
@@ -257,6 +345,48 @@ class PruneConfig:
                 f"{_key(path, 'gmp_start')}: expected 0 <= gmp_start < gmp_end <= 1, got "
                 f"{self.gmp_start} and {self.gmp_end}"
             )
+
+    def _check_nm(self, path: str, nm: tuple[int, int]) -> None:
+        """N:M fixes the sparsity and prunes in one step: imply the sparsity, reject the rest."""
+        n, m = nm
+        if not 0 < n < m:
+            raise ConfigError(
+                f"{_key(path, 'allocation')}: expected N:M with 0 < N < M (e.g. 2:4), "
+                f"got {self.allocation!r}"
+            )
+        implied = 1.0 - n / m
+        if self.sparsity is None:
+            self.sparsity = implied
+        elif abs(float(self.sparsity) - implied) > 1e-9:
+            raise ConfigError(
+                f"{_key(path, 'sparsity')}: allocation {self.allocation!r} prunes exactly "
+                f"{implied:.4g}; leave sparsity out or set it to {implied:.4g}, "
+                f"got {self.sparsity}"
+            )
+        if self.schedule not in _NM_SCHEDULES:
+            raise ConfigError(
+                f"{_key(path, 'schedule')}: N:M allocation {self.allocation!r} prunes to its "
+                f"fixed pattern in one step; use one of {', '.join(_NM_SCHEDULES)}, "
+                f"got {self.schedule!r}"
+            )
+
+    def _check_criterion_options(self, path: str) -> None:
+        from prunekit.criteria import create_criterion
+
+        try:
+            create_criterion(self.criterion, **self.criterion_options)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{_key(path, 'criterion_options')}: {err}") from None
+
+
+# Schedules that prune once, so that an N:M pattern (a fixed sparsity) fits them.
+_NM_SCHEDULES = ("one_shot", "at_init")
+
+
+def _nm(allocation: str) -> tuple[int, int] | None:
+    from prunekit.allocation import parse_nm
+
+    return parse_nm(allocation)
 
 
 # Recipe arguments the runner sets itself from other keys.
@@ -390,6 +520,13 @@ class ExperimentConfig:
     output: str = "results"
     tracker: Literal["none", "mlflow", "wandb"] = "none"
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    # Not config keys: where the config came from. ``allow_import`` is True only for the config
+    # file the user gives on the command line (or code that says so); a config re-read from a
+    # run directory never imports ``model.factory`` / ``data.factory``.
+    allow_import: bool = field(default=False, init=False, repr=False, compare=False,
+                               metadata={"runtime": True})  # fmt: skip
+    source_dir: str | None = field(default=None, init=False, repr=False, compare=False,
+                                   metadata={"runtime": True})  # fmt: skip
 
     def validate(self, path: str) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.name):
@@ -439,40 +576,91 @@ def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
             raise ConfigError(f"--set {item!r}: expected key=value (e.g. train.epochs=2)")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--set {key}: cannot parse {raw!r}: {err}") from None
+            value = load_yaml(raw, f"--set {key}") if raw.strip() else ""
+        except YAMLError as err:
+            raise ConfigError(str(err)) from None
         out.append((key.strip(), value))
     return out
 
 
 def resolve(
-    data: dict[str, Any], overrides: list[tuple[str, Any]] | None = None
+    data: dict[str, Any],
+    overrides: list[tuple[str, Any]] | None = None,
+    *,
+    allow_import: bool = False,
+    source_dir: str | None = None,
 ) -> ExperimentConfig:
-    """Apply dotted overrides to plain data and build the typed config (errors name the key)."""
+    """Apply dotted overrides to plain data and build the typed config (errors name the key).
+
+    ``allow_import``: the config may import ``model.factory`` / ``data.factory`` (only for the
+    user's own config file; ``source_dir`` is searched for their modules first).
+    """
     data = copy.deepcopy(data) if data is not None else {}
     if not isinstance(data, dict):
         raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
     for key, value in overrides or []:
         set_path(data, key, value)
-    return from_dict(ExperimentConfig, data)
+    _user_sources(data)
+    cfg = from_dict(ExperimentConfig, data)
+    cfg.allow_import = bool(allow_import)
+    cfg.source_dir = source_dir
+    return cfg
+
+
+def runtime_of(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The non-key state of ``cfg`` (import permission, config folder) for :func:`resolve`."""
+    return {"allow_import": cfg.allow_import, "source_dir": cfg.source_dir}
+
+
+def _user_sources(data: dict[str, Any]) -> None:
+    """``model.class`` is stored as ``hf_class``; a factory / hf model is labelled by itself."""
+    model, dataset = data.get("model"), data.get("data")
+    if isinstance(model, dict):
+        if "class" in model:
+            if "hf_class" in model:
+                raise ConfigError("model.class: give class or hf_class, not both")
+            model["hf_class"] = model.pop("class")
+        source = model.get("factory") or model.get("hf")
+        if isinstance(source, str) and "name" not in model:
+            model["name"] = _label(source)
+    if isinstance(dataset, dict):
+        source = dataset.get("factory")
+        if isinstance(source, str) and "name" not in dataset:
+            dataset["name"] = _label(source)
+
+
+def _label(source: str) -> str:
+    """``mypkg.models:build_cnn`` -> ``build_cnn``; ``path/to/bert-tiny`` -> ``bert-tiny``."""
+    tail = source.rstrip("/\\").replace("\\", "/").split("/")[-1].split(":")[-1]
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", tail) or "custom"
 
 
 def load_config(
-    path: str | os.PathLike[str], overrides: list[str] | list[tuple[str, Any]] | None = None
+    path: str | os.PathLike[str],
+    overrides: list[str] | list[tuple[str, Any]] | None = None,
+    *,
+    allow_import: bool = False,
 ) -> ExperimentConfig:
-    """Read a YAML config (``yaml.safe_load``), apply ``--set`` overrides and validate it."""
+    """Read a YAML config, apply ``--set`` overrides and validate every key before any work.
+
+    The YAML is plain data (no tags; ``2:4`` stays a string; alias bombs are rejected).
+    ``allow_import=True`` lets ``model.factory`` / ``data.factory`` import the user's code (searched
+    first in the config's folder): pass it only for the user's own config, never for a file read
+    back from a run directory.
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config: no such file {str(p)!r}")
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config: {str(p)!r} is not valid YAML: {err}") from None
+        data = load_yaml(p.read_text(), f"config {str(p)!r}")
+    except YAMLError as err:
+        raise ConfigError(str(err)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {str(p)!r}: not a UTF-8 text file") from None
     pairs = [o if isinstance(o, tuple) else None for o in overrides or []]
     if any(o is None for o in pairs):
         pairs = parse_overrides([str(o) for o in overrides or []])
-    return resolve(data or {}, pairs)
+    return resolve(data or {}, pairs, allow_import=allow_import, source_dir=str(p.resolve().parent))
 
 
 def _digest(data: Any) -> str:
@@ -487,6 +675,11 @@ def hashed_dict(cfg: ExperimentConfig) -> dict[str, Any]:
         data.pop(key, None)
     for key in _TRAIN_NOT_HASHED:
         data["train"].pop(key, None)
+    # Keys added for the user's own model and data: left out while unset (hashes stay stable).
+    for section, keys in (("model", ("factory", "hf", "hf_class")), ("data", ("factory",))):
+        for key in keys:
+            if data[section].get(key) is None:
+                data[section].pop(key, None)
     return data
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import inspect
 import math
 import re
 import shutil
@@ -201,6 +200,70 @@ def _save_masks(masks: MaskSet, path: Path) -> None:
     masks.save(path, metadata=_with_stamp(dict(getattr(masks, "metadata", None) or {})))
 
 
+def load_dense_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load the user's ``dense_checkpoint`` into ``model``: every key and shape is checked
+    before any weight changes; a mismatch names the file and the first differing keys."""
+    try:
+        state = read_state_dict(path)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # safetensors / unpickling errors of a damaged or foreign file
+        raise ValueError(f"dense_checkpoint: cannot read {str(path)!r}: {err}") from None
+    own = model.state_dict()
+    from prunekit.experiments.sources import HFClassifier
+
+    if isinstance(model, HFClassifier) and not any(k.startswith("model.") for k in state):
+        state = {f"model.{k}": v for k, v in state.items()}  # a plain transformers state_dict
+    problems = [f"missing {k}" for k in own if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in own]
+    problems += [
+        f"{k}: shape {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model"
+        for k, v in state.items()
+        if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape
+    ]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ValueError(
+            f"dense_checkpoint: {str(path)!r} does not fit the model: "
+            f"{'; '.join(problems[:3])}{more}"
+        )
+    model.load_state_dict(state)
+
+
+def record_model(root: Path, model: nn.Module, spec: dict[str, Any]) -> None:
+    """``model_spec.json``: how to rebuild this run's architecture without the config's code
+    (the fully resolved kwargs; for a transformers model its config as data)."""
+    from prunekit.experiments.sources import hf_config_dict
+
+    record = dict(spec)
+    hf_config = hf_config_dict(model)
+    if hf_config is not None:
+        record["hf_config"] = hf_config
+    write_json(record, root / "model_spec.json")
+
+
+def record_reference(final_dir: Path, model: nn.Module, data: DatasetBundle) -> None:
+    """``final/reference.safetensors``: an example input and the final model's output on it (eval
+    mode), so that a reloaded model can be checked bit for bit."""
+    example = _example(data)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(example.to(next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+    if isinstance(output, torch.Tensor):
+        save_safetensors(
+            {
+                "input": example.detach().cpu().contiguous(),
+                "output": output.detach().cpu().contiguous(),
+            },
+            final_dir / "reference.safetensors",
+            {"kind": "reference"},
+        )
+
+
 def _load_masks(path: Path, model: nn.Module) -> MaskSet:
     # Masks live on the model's device (it is on the GPU after training there).
     masks = MaskSet.load(path, device=next(model.parameters()).device)
@@ -227,48 +290,33 @@ def _read_stage_json(path: Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- building blocks
 def build_data(cfg: ExperimentConfig) -> DatasetBundle:
-    """The data set of ``cfg.data``."""
+    """The data set of ``cfg.data``: a registered one, or the user's ``data.factory``."""
+    if cfg.data.factory is not None:
+        from prunekit.experiments.sources import build_user_data
+
+        return build_user_data(cfg)
     return create_dataset(cfg.data.name, **cfg.data.kwargs)
 
 
 def model_kwargs(cfg: ExperimentConfig, data: DatasetBundle) -> dict[str, Any]:
     """``cfg.model.kwargs`` plus input / output sizes taken from the data set when left out."""
-    from prunekit.models import MODELS
+    return dict(model_spec(cfg, data)["kwargs"])
 
-    kwargs = dict(cfg.model.kwargs)
-    try:
-        params = inspect.signature(MODELS.get(cfg.model.name)).parameters
-    except (TypeError, ValueError):
-        return kwargs
-    shape = tuple(int(s) for s in data.input_shape)
-    guesses: dict[str, Any] = {"num_classes": data.num_classes}
-    if data.task == "lm":
-        guesses = {"vocab_size": data.num_classes}
-    if len(shape) == 1:
-        guesses["length"] = shape[0]
-    if len(shape) == 3:
-        guesses["in_channels"] = shape[0]
-        guesses["image_size"] = shape[-1]
-    guesses["in_features"] = math.prod(shape)
-    if data.task == "lm" and len(shape) == 1:
-        guesses["block_size"] = shape[0]
-    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    for key, value in guesses.items():
-        # A factory taking **kwargs (e.g. gpt) gets only the language-model sizes.
-        accepted = key in params or (
-            var_kw and data.task == "lm" and key in ("vocab_size", "block_size")
-        )
-        if accepted and key not in kwargs:
-            kwargs[key] = value
-    return kwargs
+
+def model_spec(cfg: ExperimentConfig, data: DatasetBundle) -> dict[str, Any]:
+    """The fully resolved model (data-dependent kwargs included), recorded in the run dir."""
+    from prunekit.experiments.sources import model_spec as _spec
+
+    return _spec(cfg, data)
 
 
 def build_model(cfg: ExperimentConfig, data: DatasetBundle) -> nn.Module:
     """The model of ``cfg.model``, initialised under ``torch.manual_seed(cfg.seed)``."""
-    from prunekit.models import create_model
+    from prunekit.experiments.sources import build_from_spec
 
+    spec = model_spec(cfg, data)
     torch.manual_seed(cfg.seed)
-    return create_model(cfg.model.name, **model_kwargs(cfg, data))
+    return build_from_spec(spec, allow_import=cfg.allow_import, search_path=cfg.source_dir)
 
 
 def _original_schedule(cfg: ExperimentConfig, data: DatasetBundle, name: str) -> LRSchedule:
@@ -377,7 +425,7 @@ def _dense_stage(ctx: _Context, model: nn.Module) -> dict[str, Any]:
             ctx.log(f"dense model: reused {directory}")
             return _read_stage_json(done)
         if cfg.dense_checkpoint is not None:
-            _load_state(model, Path(cfg.dense_checkpoint))
+            load_dense_checkpoint(model, cfg.dense_checkpoint)
             ctx.log(f"dense model: loaded {cfg.dense_checkpoint}")
             iterations = 0
         else:
@@ -898,6 +946,7 @@ def _run_locked(cfg: ExperimentConfig, quiet: bool, store: ResultsStore | None) 
         log(f"run {root} (config hash {chash[:10]})")
         data = build_data(cfg)
         model = build_model(cfg, data)
+        record_model(root, model, model_spec(cfg, data))
         ctx = _Context(cfg, data, log, _original_schedule(cfg, data, _dense_schedule_name(cfg)))
         if cfg.prune.schedule not in (*TRAINING_SCHEDULES, *RECIPE_SCHEDULES):
             _phases(ctx)  # schedule errors surface before any training
@@ -934,9 +983,12 @@ def _run_locked(cfg: ExperimentConfig, quiet: bool, store: ResultsStore | None) 
         save_compressed({k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                         final_dir / "model.compressed.safetensors")  # fmt: skip
         masks.save(final_dir / "masks.safetensors")
+        record_reference(final_dir, model, data)
         extra = final_metrics(cfg, model, data, masks)
         result = {
             "name": cfg.name,
+            "dataset": cfg.data.name,
+            "model": cfg.model.name,
             "method": cfg.label,
             "config_hash": chash,
             "seed": cfg.seed,
@@ -1033,7 +1085,7 @@ def dry_run(
     where = "at initialisation"
     trained = dense_dir(cfg) / "model.safetensors"
     if cfg.dense_checkpoint is not None:
-        _load_state(model, Path(cfg.dense_checkpoint))
+        load_dense_checkpoint(model, cfg.dense_checkpoint)
         where = f"on {cfg.dense_checkpoint}"
     elif cfg.prune.schedule not in TRAINING_SCHEDULES and trained.is_file():
         _load_state(model, trained)

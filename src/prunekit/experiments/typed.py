@@ -133,7 +133,11 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
 def to_dict(obj: Any) -> Any:
     """Plain data from (nested) dataclasses, for YAML/JSON output and hashing."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {
+            f.name: to_dict(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if not f.metadata.get("runtime")  # process state, not a config key
+        }
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):
