@@ -45,6 +45,23 @@ def _check_sparsity(sparsity: float | None, allocation: str) -> float | None:
     return float(sparsity)
 
 
+def _check_not_llm_method(method: str) -> None:
+    """Wanda / SparseGPT / OWL prune a transformer block by block from its activations: they live
+    in :mod:`prunekit.llm`, not among the criteria of :func:`prune`."""
+    from prunekit.criteria import CRITERIA
+
+    if isinstance(method, str) and method.lower() not in CRITERIA:
+        from prunekit.llm.engine import METHODS
+
+        if method.lower() in (*METHODS, "owl"):
+            raise ValueError(
+                f"method: {method!r} is a layer-wise LLM pruning method: use "
+                f"prunekit.llm.prune_llm(model, method={method.lower()!r}, sparsity=..., "
+                "calibration=..., tokenizer=...) or 'prunekit prune-llm' (criteria for "
+                "prunekit.prune: prunekit list criteria)"
+            )
+
+
 def _prepare(
     model: nn.Module,
     sparsity: float | None,
@@ -61,6 +78,7 @@ def _prepare(
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     allocation = validate_allocation(allocation)
     sparsity = _check_sparsity(sparsity, allocation)
+    _check_not_llm_method(method)
     criterion = create_criterion(method, **(criterion_options or {}))
     if criterion.requires_data and data is None:
         raise ValueError(f"data: method {method!r} needs calibration data (an iterable of batches)")

@@ -1,49 +1,155 @@
-"""``prunekit list``: what is registered."""
+"""``prunekit list [CATEGORY]``: everything registered, read from the registries themselves."""
 
 from __future__ import annotations
 
 import argparse
+import re
+import sys
+from collections.abc import Callable
 
-from prunekit.allocation import ALLOCATIONS
-from prunekit.criteria import CRITERIA
-from prunekit.data import DATASETS
-from prunekit.frank_wolfe.constraints import CONSTRAINTS
-from prunekit.models import MODELS
 from prunekit.report import format_table
-from prunekit.schedules import SCHEDULES
-from prunekit.structured.criteria import STRUCTURED_CRITERIA
-from prunekit.training.lr import RETRAIN_SCHEDULES
+
+EXAMPLE = """examples:
+  prunekit list                  every category
+  prunekit list schedules        one category (names as shown, e.g. 'llm methods')"""
 
 
-def registries() -> dict[str, dict[str, str]]:
-    """Section name -> {entry: one-line description}. Later registries add themselves here."""
-    sections = {
-        "criteria": CRITERIA.describe(),
-        "allocations": {
-            **ALLOCATIONS.describe(),
-            "N:M": "keep N of every M consecutive inputs, e.g. 2:4",
-        },
-        "models": MODELS.describe(),
+def _first_line(obj: object) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def plain(text: str) -> str:
+    """Docstring markup as plain text: ``:class:`~a.B``` -> ``B``, double backquotes dropped."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", lambda m: m.group(1).split(".")[-1], text)
+    return text.replace("``", "")
+
+
+def _criteria() -> dict[str, str]:
+    from prunekit.criteria import CRITERIA
+
+    return CRITERIA.describe()
+
+
+def _allocations() -> dict[str, str]:
+    from prunekit.allocation import ALLOCATIONS
+
+    return {
+        **ALLOCATIONS.describe(),
+        "N:M": "keep N of every M consecutive inputs, e.g. 2:4 (implies sparsity 1 - N/M)",
     }
-    for name, registry in EXTRA_REGISTRIES.items():
-        sections[name] = registry.describe()
-    return sections
 
 
-EXTRA_REGISTRIES: dict = {
-    "schedules": SCHEDULES,
-    "retraining": RETRAIN_SCHEDULES,
-    "datasets": DATASETS,
-    "constraints": CONSTRAINTS,
-    "structured criteria": STRUCTURED_CRITERIA,
+def _schedules() -> dict[str, str]:
+    from prunekit.experiments.config import RUN_SCHEDULES
+
+    return RUN_SCHEDULES.describe()
+
+
+def _retraining() -> dict[str, str]:
+    from prunekit.training.lr import RETRAIN_SCHEDULES
+
+    return RETRAIN_SCHEDULES.describe()
+
+
+def _lr_schedules() -> dict[str, str]:
+    from prunekit.training.lr import TRAIN_SCHEDULES
+
+    return {name: _first_line(cls) for name, cls in sorted(TRAIN_SCHEDULES.items())}
+
+
+def _optimizers() -> dict[str, str]:
+    from prunekit.experiments.config import accepted_names
+
+    text = {"sgd": "SGD (momentum, nesterov, weight decay)", "adam": "Adam",
+            "adamw": "AdamW (decoupled weight decay)"}  # fmt: skip
+    return {name: text.get(name, "") for name in accepted_names()["train.optimizer"]}
+
+
+def _llm_methods() -> dict[str, str]:
+    from prunekit.llm import magnitude_mask, owl_sparsities, sparsegpt_prune, wanda_mask
+    from prunekit.llm.engine import METHODS
+
+    where = " [prunekit prune-llm / prunekit.llm.prune_llm]"
+    docs = {"magnitude": magnitude_mask, "wanda": wanda_mask, "sparsegpt": sparsegpt_prune}
+    text = {"sparsegpt": "SparseGPT (Frantar & Alistarh 2023): prune column by column and update "
+            "the remaining weights from the layer's input Hessian."}  # fmt: skip
+    out = {name: (text.get(name) or _first_line(docs.get(name))) + where for name in METHODS}
+    out["owl"] = _first_line(owl_sparsities) + " [prune-llm --owl, prune_llm(owl=True)]"
+    return out
+
+
+def _structured() -> dict[str, str]:
+    from prunekit.structured.criteria import STRUCTURED_CRITERIA
+
+    return {
+        name: f"{doc} [prunekit.structured.prune]"
+        for name, doc in STRUCTURED_CRITERIA.describe().items()
+    }
+
+
+def _constraints() -> dict[str, str]:
+    from prunekit.frank_wolfe.constraints import CONSTRAINTS
+
+    return CONSTRAINTS.describe()
+
+
+def _models() -> dict[str, str]:
+    from prunekit.models import MODELS
+
+    return MODELS.describe()
+
+
+def _datasets() -> dict[str, str]:
+    from prunekit.data import DATASETS
+
+    return DATASETS.describe()
+
+
+# Category -> its entries. A new registry adds one line here (the config validator's names are
+# checked against these by the tests).
+CATEGORIES: dict[str, Callable[[], dict[str, str]]] = {
+    "criteria": _criteria,
+    "allocations": _allocations,
+    "schedules": _schedules,
+    "retraining": _retraining,
+    "lr schedules": _lr_schedules,
+    "optimizers": _optimizers,
+    "llm methods": _llm_methods,
+    "structured criteria": _structured,
+    "constraints": _constraints,
+    "models": _models,
+    "datasets": _datasets,
 }
 
 
+def registries() -> dict[str, dict[str, str]]:
+    """Category -> {name: one-line description in plain text}."""
+    return {
+        category: {name: plain(doc) for name, doc in entries().items()}
+        for category, entries in CATEGORIES.items()
+    }
+
+
+def _category(name: str) -> str | None:
+    key = re.sub(r"[-_]+", " ", name.strip().lower())
+    return key if key in CATEGORIES else None
+
+
 def run(args: argparse.Namespace) -> int:
-    for section, entries in registries().items():
-        if args.section and section != args.section:
+    if args.category is not None and _category(args.category) is None:
+        print(
+            f"prunekit list: error: unknown category {args.category!r}; valid: "
+            f"{', '.join(CATEGORIES)}",
+            file=sys.stderr,
+        )
+        return 2
+    wanted = _category(args.category) if args.category is not None else None
+    for category in CATEGORIES:
+        if wanted is not None and category != wanted:
             continue
-        print(f"\n{section}")
+        entries = {name: plain(doc) for name, doc in CATEGORIES[category]().items()}
+        print(f"\n{category}")
         print(format_table(["name", "description"], [[k, v] for k, v in entries.items()]))
     return 0
 
@@ -51,9 +157,13 @@ def run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "list",
-        help="list criteria, allocations, schedules, models and datasets",
-        description="List everything registered.\n\nexample:\n  prunekit list criteria",
+        help="list criteria, allocations, schedules, LLM methods, models, datasets, ...",
+        description="List everything registered, one table per category.\n\n" + EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("section", nargs="?", help="show one section only (e.g. criteria)")
+    parser.add_argument(
+        "category",
+        nargs="?",
+        help=f"show one category only: {', '.join(CATEGORIES)}",
+    )
     parser.set_defaults(func=run)

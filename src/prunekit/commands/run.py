@@ -25,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     from prunekit.experiments.config import load_config
     from prunekit.experiments.runner import dry_run, run_experiment
 
-    cfg = load_config(args.config, args.set)
+    # the user's own config file: its model / data factories may be imported
+    cfg = load_config(args.config, args.set, allow_import=True)
     if args.out:
         cfg.output = args.out
     apply_common(cfg, args)

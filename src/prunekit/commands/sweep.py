@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from prunekit.experiments.report import skipped_lines, write_report
     from prunekit.experiments.sweep import run_sweep
 
-    cfg = load_config(args.config, args.set)
+    # the user's own config file: its model / data factories may be imported
+    cfg = load_config(args.config, args.set, allow_import=True)
     if args.out:
         cfg.output = args.out
     if args.threads:

@@ -7,6 +7,7 @@ Every key is checked before any work starts; an error names the key path and the
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -675,12 +676,33 @@ def hashed_dict(cfg: ExperimentConfig) -> dict[str, Any]:
         data.pop(key, None)
     for key in _TRAIN_NOT_HASHED:
         data["train"].pop(key, None)
+    if data.get("dense_checkpoint"):
+        # the weights, not only their path: retraining into the same file is a new dense model
+        data["dense_checkpoint_sha256"] = _file_digest(data["dense_checkpoint"])
     # Keys added for the user's own model and data: left out while unset (hashes stay stable).
     for section, keys in (("model", ("factory", "hf", "hf_class")), ("data", ("factory",))):
         for key in keys:
             if data[section].get(key) is None:
                 data[section].pop(key, None)
     return data
+
+
+def _file_digest(path: str) -> str | None:
+    """SHA-256 of a file's bytes (None when it does not exist yet), cached per size and mtime."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _cached_digest(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def config_hash(cfg: ExperimentConfig) -> str:
@@ -701,5 +723,6 @@ def dense_hash(cfg: ExperimentConfig, lr_schedule: str | None = None) -> str:
             "train": train,
             "seed": data["seed"],
             "dense_checkpoint": data["dense_checkpoint"],
+            **{k: v for k, v in data.items() if k == "dense_checkpoint_sha256"},
         }
     )

@@ -26,8 +26,11 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def plot_accuracy(rows: list[Any], path: str | Path, metric: str = "test_top1") -> Path:
-    """Accuracy vs sparsity, one line per method with error bars (std over seeds)."""
+def plot_accuracy(
+    rows: list[Any], path: str | Path, metric: str = "test_top1", *, title: str | None = None
+) -> Path:
+    """Accuracy vs sparsity, one line per method with error bars (std over seeds); ``rows`` are
+    of one (data set, model) group, named in ``title``."""
     plt = _pyplot()
     scale = 100.0 if metric.endswith("top1") else 1.0
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -50,7 +53,7 @@ def plot_accuracy(rows: list[Any], path: str | Path, metric: str = "test_top1") 
         )
     ax.set_xlabel("sparsity (%)")
     ax.set_ylabel("test top-1 accuracy (%)" if metric.endswith("top1") else metric)
-    ax.set_title("accuracy vs sparsity")
+    ax.set_title(f"{title}: accuracy vs sparsity" if title else "accuracy vs sparsity")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     path = _save(fig, Path(path))
@@ -58,9 +61,12 @@ def plot_accuracy(rows: list[Any], path: str | Path, metric: str = "test_top1") 
     return path
 
 
-def plot_layer_sparsity(results: list[dict[str, Any]], directory: str | Path) -> list[Path]:
+def plot_layer_sparsity(
+    results: list[dict[str, Any]], directory: str | Path, *, suffix: str = ""
+) -> list[Path]:
     """Per-layer sparsity bars, one PNG per target sparsity, one bar group per method (seed 0 or
-    the first seed found)."""
+    the first seed found). ``results`` are runs of one model; a method only gets a legend entry
+    when it has bars (layers of that model)."""
     plt = _pyplot()
     by_sparsity: dict[float, dict[str, dict[str, float]]] = {}
     order: list[str] = []
@@ -77,17 +83,22 @@ def plot_layer_sparsity(results: list[dict[str, Any]], directory: str | Path) ->
     for s, methods in sorted(by_sparsity.items()):
         first = next(iter(methods.values()))
         names = order + [n for n in first if n not in order]
+        # a method without any of these layers would be a legend entry with no bars
+        methods = {m: layers for m, layers in methods.items() if any(n in layers for n in names)}
         width = 0.8 / max(len(methods), 1)
         fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) * max(1, len(methods) / 2)), 4))
         for i, (method, layers) in enumerate(sorted(methods.items())):
             xs = [k + i * width for k in range(len(names))]
-            ax.bar(xs, [100 * layers.get(n, 0.0) for n in names], width=width, label=method)
+            present = [(x, n) for x, n in zip(xs, names) if n in layers]
+            ax.bar([x for x, _ in present], [100 * layers[n] for _, n in present], width=width,
+                   label=method)  # fmt: skip
         ax.set_xticks([k + 0.4 - width / 2 for k in range(len(names))])
         ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
         ax.set_ylabel("layer sparsity (%)")
         ax.set_ylim(0, 100)
         ax.set_title(f"per-layer sparsity at {s:.0%} overall")
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        paths.append(_save(fig, Path(directory) / f"layer_sparsity_{round(s * 100):02d}.png"))
+        name = f"layer_sparsity_{round(s * 100):02d}{suffix}.png"
+        paths.append(_save(fig, Path(directory) / name))
         plt.close(fig)
     return paths

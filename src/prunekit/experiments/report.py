@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,12 +291,56 @@ def csv_text(rows: list[ReportRow], metric: str = "test_top1") -> str:
     return buf.getvalue()
 
 
+def group_key(result: dict[str, Any]) -> tuple[str, str]:
+    """(data set, model) of a run: from its result, else from its recorded config (as data)."""
+    dataset, model = result.get("dataset"), result.get("model")
+    if not (isinstance(dataset, str) and isinstance(model, str)):
+        config = _run_config(result.get("run_dir"))
+        dataset = dataset if isinstance(dataset, str) else _name_of(config.get("data"))
+        model = model if isinstance(model, str) else _name_of(config.get("model"))
+    return str(dataset), str(model)
+
+
+def _name_of(section: Any) -> str:
+    return str(section.get("name", "unknown")) if isinstance(section, dict) else "unknown"
+
+
+def _run_config(run_dir: Any) -> dict[str, Any]:
+    from prunekit.experiments.yamlio import YAMLError, load_yaml
+
+    if not run_dir:
+        return {}
+    path = Path(str(run_dir)) / "config.yaml"
+    try:
+        data = load_yaml(path.read_text(), str(path))
+    except (OSError, UnicodeDecodeError, YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def group_results(results: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Runs per (data set, model), in sorted order: only runs of one group are compared."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault(group_key(r), []).append(r)
+    return dict(sorted(groups.items()))
+
+
+def _slug(key: tuple[str, str]) -> str:
+    return "_".join(re.sub(r"[^A-Za-z0-9.\-]+", "-", part).strip("-") or "x" for part in key)
+
+
 def write_report(
     directory: str | Path, out: str | Path | None = None, *, plots: bool = True
 ) -> dict[str, Any]:
     """Collect the runs under ``directory``; write ``report.md``, ``report.csv`` and PNG plots.
 
-    Returns ``{"rows", "table", "files", "runs"}``; files go to ``out`` (default ``directory``).
+    Runs are grouped by (data set, model): each group gets its own table and plots, and rows of
+    different groups are never compared (with several groups the plot names end in
+    ``_<dataset>_<model>``). Returns ``{"groups", "rows", "table", "files", "runs", "metric",
+    "skipped"}`` (``rows`` / ``table`` / ``metric`` cover every group, the first group's metric;
+    ``skipped``: unreadable results, also warned about under the tables); files go to ``out``
+    (default ``directory``).
     """
     from prunekit.serialization import atomic_path
 
@@ -306,39 +351,57 @@ def write_report(
         raise ValueError(
             f"directory: no finished runs (result.json) under {str(directory)!r}{unreadable}"
         )
-    metric = _metric_key(results)
-    rows = aggregate(results, metric)
     target = Path(out) if out is not None else Path(directory)
     target.mkdir(parents=True, exist_ok=True)
-    table = format_rows(rows, metric)
+    grouped = group_results(results)
+    several = len(grouped) > 1
+    groups = []
+    for key, members in grouped.items():
+        metric = _metric_key(members)
+        rows = aggregate(members, metric)
+        groups.append({"dataset": key[0], "model": key[1], "metric": metric, "rows": rows,
+                       "runs": members, "table": format_rows(rows, metric)})  # fmt: skip
+    title = "{g[dataset]} / {g[model]}: {n} runs"
+    table = "\n\n".join(
+        (title.format(g=g, n=len(g["runs"])) + "\n" if several else "") + g["table"] for g in groups
+    )
     notes = skipped_lines(skipped)
     if notes:
         table += "\n" + "\n".join(notes)
+    md = [
+        f"# prunekit report\n\n{len(results)} runs under `{directory}`, one table per data set "
+        "and model; accuracy = the metric named in each table (mean and sample std over seeds); "
+        "MACs per example (ShrinkBench definitions).\n"
+    ]
+    for g in groups:
+        md.append(f"\n## {g['dataset']} / {g['model']} ({len(g['runs'])} runs)\n\n")
+        md.append(markdown_table(g["rows"], g["metric"]))
+    md.extend(f"\n{line}\n" for line in notes)
     files = {}
-    md = (
-        f"# prunekit report\n\n{len(results)} runs under `{directory}`; accuracy = {metric} "
-        "(mean and sample std over seeds); MACs per example (ShrinkBench definitions).\n\n"
-        + markdown_table(rows, metric)
-        + "".join(f"\n{line}\n" for line in notes)
-    )
-    for name, text in (("report.md", md), ("report.csv", csv_text(rows, metric))):
+    csv_parts = [_group_csv(g, header=i == 0) for i, g in enumerate(groups)]
+    for name, text in (("report.md", "".join(md)), ("report.csv", "".join(csv_parts))):
         with atomic_path(target / name) as tmp:
             tmp.write_text(text)
         files[name] = str(target / name)
     if plots:
         from prunekit.experiments.plots import plot_accuracy, plot_layer_sparsity
 
-        files["accuracy_vs_sparsity.png"] = str(
-            plot_accuracy(rows, target / "accuracy_vs_sparsity.png", metric)
-        )
-        for path in plot_layer_sparsity(results, target):
+        for g in groups:
+            suffix = f"_{_slug((g['dataset'], g['model']))}" if several else ""
+            path = plot_accuracy(
+                g["rows"], target / f"accuracy_vs_sparsity{suffix}.png", g["metric"],
+                title=f"{g['dataset']} / {g['model']}",
+            )  # fmt: skip
             files[path.name] = str(path)
+            for path in plot_layer_sparsity(g["runs"], target, suffix=suffix):
+                files[path.name] = str(path)
     return {
-        "rows": rows,
+        "groups": groups,
+        "rows": [row for g in groups for row in g["rows"]],
         "table": table,
         "files": files,
         "runs": results,
-        "metric": metric,
+        "metric": groups[0]["metric"],
         "skipped": skipped,
     }
 
@@ -349,3 +412,18 @@ def skipped_lines(skipped: list[tuple[str, str]]) -> list[str]:
         f"warning: skipped run {str(Path(path).parent)!r}: unreadable result.json ({reason})"
         for path, reason in skipped
     ]
+
+
+def _group_csv(group: dict[str, Any], header: bool) -> str:
+    """The group's CSV lines with ``dataset`` and ``model`` columns in front."""
+    lines = csv_text(group["rows"], group["metric"]).splitlines(keepends=True)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    first = next(csv.reader([lines[0]]))
+    # one header for the file: the metric columns are named generically when groups differ
+    if header:
+        writer.writerow(["dataset", "model", *first, "metric"])
+    for line in lines[1:]:
+        writer.writerow([group["dataset"], group["model"], *next(csv.reader([line])),
+                         group["metric"]])  # fmt: skip
+    return buf.getvalue()

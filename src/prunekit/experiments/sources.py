@@ -90,7 +90,8 @@ def resolve_callable(
     if not allowed:
         raise ImportNotAllowedError(
             f"{key}: {spec!r} names Python code; prunekit imports a module:function only from "
-            "the config file you run, or when code passes allow_import=[...] or factory="
+            f"the config file you run, or when the caller allows it: allow_import=[{top!r}] or "
+            f"factory= in code, --allow-import {top} on the command line"
         )
     with _search_path(search_path):
         try:

@@ -21,6 +21,7 @@ from prunekit.experiments.config import (
     ExperimentConfig,
     ignores_sparsity,
     resolve,
+    runtime_of,
 )
 from prunekit.experiments.store import ResultsStore
 from prunekit.experiments.typed import ConfigError, to_dict
@@ -67,7 +68,7 @@ def expand(cfg: ExperimentConfig) -> list[Arm]:
                 pairs = [(k, v) for k, v in overrides.items()]
                 pairs += [("prune.sparsity", sparsity), ("seed", seed), ("method", label)]
                 try:
-                    arm_cfg = resolve(base, pairs)
+                    arm_cfg = resolve(base, pairs, **runtime_of(cfg))
                 except ConfigError as err:
                     raise ConfigError(f"sweep.methods.{label}: {err}") from None
                 if ignores_sparsity(arm_cfg):
@@ -85,24 +86,24 @@ def _threads(cfg: ExperimentConfig, workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(workers, 1))
 
 
-def _dense_task(data: dict[str, Any], threads: int) -> str:
+def _dense_task(data: dict[str, Any], threads: int, runtime: dict[str, Any]) -> str:
     import torch
 
     from prunekit.experiments.runner import dense_dir, train_dense
 
     torch.set_num_threads(threads)
-    cfg = resolve(data)
+    cfg = resolve(data, **runtime)
     train_dense(cfg)
     return str(dense_dir(cfg))
 
 
-def _arm_task(data: dict[str, Any], threads: int) -> dict[str, Any]:
+def _arm_task(data: dict[str, Any], threads: int, runtime: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from prunekit.experiments.runner import run_experiment
 
     torch.set_num_threads(threads)
-    return run_experiment(resolve(data), quiet=True)
+    return run_experiment(resolve(data, **runtime), quiet=True)
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
@@ -147,20 +148,26 @@ def run_sweep(
     if workers == 1:
         for directory, dcfg in dense.items():
             log(f"dense model -> {directory}")
-            _dense_task(to_dict(dcfg), threads)
+            _dense_task(to_dict(dcfg), threads, runtime_of(dcfg))
         for i, arm in enumerate(arms, 1):
             try:
-                results.append(_arm_task(to_dict(arm.config), threads))
+                results.append(_arm_task(to_dict(arm.config), threads, runtime_of(arm.config)))
                 log(f"[{i}/{len(arms)}] {label(arm)}: {_acc(results[-1])}")
             except Exception as err:  # one failed arm must not stop the others
                 failed[label(arm)] = f"{type(err).__name__}: {err}"
                 log(f"[{i}/{len(arms)}] {label(arm)}: FAILED {failed[label(arm)]}")
     else:
         with _pool(workers) as pool:
-            futures = {pool.submit(_dense_task, to_dict(c), threads): d for d, c in dense.items()}
+            futures = {
+                pool.submit(_dense_task, to_dict(c), threads, runtime_of(c)): d
+                for d, c in dense.items()
+            }
             for future in as_completed(futures):
                 log(f"dense model -> {future.result()}")
-            futures = {pool.submit(_arm_task, to_dict(a.config), threads): a for a in arms}
+            futures = {
+                pool.submit(_arm_task, to_dict(a.config), threads, runtime_of(a.config)): a
+                for a in arms
+            }
             for i, future in enumerate(as_completed(futures), 1):
                 arm = futures[future]
                 try:
