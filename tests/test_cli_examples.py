@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import torch
 
+import prunekit
 from prunekit.cli import main
 from prunekit.experiments.config import load_config
 from prunekit.experiments.runner import run_dir
@@ -64,6 +67,23 @@ def test_example_runs_tiny(path, tmp_path):
         assert main(["sweep", str(path), "--workers", "1", "--no-report", *args]) == 0
         for arm in expand(load_config(path, sets)):
             assert (run_dir(arm.config) / "result.json").is_file()
+            _assert_reloads(run_dir(arm.config))
     else:
         assert main(["run", str(path), "--quiet", *args]) == 0
         assert (run_dir(cfg) / "result.json").is_file()
+        _assert_reloads(run_dir(cfg))
+
+
+def _assert_reloads(directory: Path) -> None:
+    """load_run rebuilds the runner's final model: the same output bit for bit, the same
+    masks (pruned weights exactly zero) and metrics."""
+    run = prunekit.load_run(directory)
+    x, expected = run.reference
+    with torch.no_grad():
+        assert torch.equal(run.model(x), expected)
+    assert run.matches_reference()
+    assert run.metrics == json.loads((directory / "result.json").read_text())
+    assert abs(run.masks.sparsity - run.metrics["sparsity"]) < 1e-12
+    state = run.model.state_dict()
+    for name in run.masks:
+        assert not state[name][~run.masks[name]].any()

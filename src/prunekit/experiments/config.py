@@ -528,8 +528,14 @@ class ExperimentConfig:
                                metadata={"runtime": True})  # fmt: skip
     source_dir: str | None = field(default=None, init=False, repr=False, compare=False,
                                    metadata={"runtime": True})  # fmt: skip
+    # (path, SHA-256) of dense_checkpoint when the config was read: the run's identity
+    checkpoint_digest: tuple[str, str | None] | None = field(
+        default=None, init=False, repr=False, compare=False, metadata={"runtime": True}
+    )
 
     def validate(self, path: str) -> None:
+        if self.dense_checkpoint is not None:
+            self.checkpoint_digest = (self.dense_checkpoint, _file_digest(self.dense_checkpoint))
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.name):
             raise ConfigError(f"name: expected letters, digits, '_', '-' or '.', got {self.name!r}")
         if self.dense_checkpoint is not None and self.prune.schedule in TRAINING_SCHEDULES:
@@ -669,6 +675,13 @@ def _digest(data: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _checkpoint_sha256(cfg: ExperimentConfig) -> str | None:
+    stored = cfg.checkpoint_digest
+    if stored is not None and stored[0] == cfg.dense_checkpoint:
+        return stored[1]
+    return _file_digest(cfg.dense_checkpoint) if cfg.dense_checkpoint else None
+
+
 def hashed_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     """The parts of the config that determine the result."""
     data = to_dict(cfg)
@@ -678,7 +691,7 @@ def hashed_dict(cfg: ExperimentConfig) -> dict[str, Any]:
         data["train"].pop(key, None)
     if data.get("dense_checkpoint"):
         # the weights, not only their path: retraining into the same file is a new dense model
-        data["dense_checkpoint_sha256"] = _file_digest(data["dense_checkpoint"])
+        data["dense_checkpoint_sha256"] = _checkpoint_sha256(cfg)
     # Keys added for the user's own model and data: left out while unset (hashes stay stable).
     for section, keys in (("model", ("factory", "hf", "hf_class")), ("data", ("factory",))):
         for key in keys:
