@@ -94,10 +94,11 @@ def export_torchscript(run: Any, out: Path) -> list[Path]:
     from prunekit.serialization import atomic_path
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer notes about Python control flow
+        # tracer notes about Python control flow, and TorchScript's deprecation notice
+        warnings.simplefilter("ignore")
         traced = torch.jit.trace(run.model, (run.example_input(),), check_trace=False)
-    with atomic_path(out / "model.pt") as tmp:
-        torch.jit.save(traced, str(tmp))
+        with atomic_path(out / "model.pt") as tmp:
+            torch.jit.save(traced, str(tmp))
     return [out / "model.pt"]
 
 
