@@ -292,3 +292,20 @@ def test_own_model_example_end_to_end(tmp_path, monkeypatch):
     finally:
         sys.modules.pop("mycnn", None)
         sys.modules.pop("train", None)
+
+
+def test_source_errors_before_anything_is_created(user_pkg, tmp_path, capsys):
+    out = tmp_path / "out"
+    for extra, message in (
+        ({"model": {"factory": "userpkg_models:nope"}}, "model.factory: module 'userpkg_models' "
+                                                        "has no attribute 'nope'"),
+        ({"data": {"factory": "no_such_mod_y:build"}}, "data.factory: cannot import"),
+        ({"dense_checkpoint": str(tmp_path / "missing.pt")}, "dense_checkpoint: no such file"),
+        ({"model": {"hf": str(tmp_path / "nothing"), "class": "AutoModel"}}, "model.hf: no such"),
+    ):  # fmt: skip
+        path = _config(user_pkg, tmp_path, **extra)
+        for dry in (["--dry-run"], []):
+            assert main(["run", str(path), *dry]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"prunekit run: error: {message}"), err
+        assert not out.exists()

@@ -907,12 +907,14 @@ def run_experiment(
     A finished run is not run again: its stored result is returned. Two processes given the same
     config take turns (the run directory is locked): the second finds the run finished.
     """
+    from prunekit.experiments.sources import check_sources
     from prunekit.experiments.trackers import check_tracker
 
     root = run_dir(cfg)
     if not (root / "result.json").is_file():
         check_tracker(cfg.tracker)  # fails before anything is created when not installed
         check_device(cfg.train.device)
+        check_sources(cfg)  # the user's model, data and checkpoint, before anything is created
     with _locked(root):
         return _run_locked(cfg, quiet, store)
 
@@ -1073,8 +1075,10 @@ def dry_run(
 ) -> dict[str, tuple[int, int]]:
     """Print the resolved config and the per-layer pruning plan at the final sparsity; no training."""
     from prunekit.criteria import create_criterion
+    from prunekit.experiments.sources import check_sources
     from prunekit.report import format_table
 
+    check_sources(cfg)
     out("# resolved config")
     out(resolved_yaml(cfg).rstrip())
     out(f"# run directory: {run_dir(cfg)}")

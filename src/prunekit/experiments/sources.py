@@ -90,8 +90,9 @@ def resolve_callable(
     if not allowed:
         raise ImportNotAllowedError(
             f"{key}: {spec!r} names Python code; prunekit imports a module:function only from "
-            f"the config file you run, or when the caller allows it: allow_import=[{top!r}] or "
-            f"factory= in code, --allow-import {top} on the command line"
+            f"the config file you run (in Python: load_config(path, allow_import=True)), or when "
+            f"the caller allows it: allow_import=[{top!r}] or factory= in code, "
+            f"--allow-import {top} on the command line"
         )
     with _search_path(search_path):
         try:
@@ -288,3 +289,21 @@ def build_user_data(cfg: Any) -> Any:
             "prunekit.data.DatasetBundle (build one with DatasetBundle.from_datasets)"
         )
     return bundle
+
+
+def check_sources(cfg: Any) -> None:
+    """Before any work: the user's factories import (when allowed), the HF class and folder
+    exist, ``dense_checkpoint`` is a file. Errors name the config key."""
+    from pathlib import Path
+
+    for key, spec in (("model.factory", cfg.model.factory), ("data.factory", cfg.data.factory)):
+        if spec is not None:
+            resolve_callable(
+                spec, key=key, allow_import=cfg.allow_import, search_path=cfg.source_dir
+            )
+    if cfg.model.hf is not None:
+        hf_class(cfg.model.hf_class)
+        if not Path(cfg.model.hf).is_dir():
+            raise FileNotFoundError(f"model.hf: no such folder {cfg.model.hf!r}")
+    if cfg.dense_checkpoint is not None and not Path(cfg.dense_checkpoint).is_file():
+        raise FileNotFoundError(f"dense_checkpoint: no such file {cfg.dense_checkpoint!r}")
