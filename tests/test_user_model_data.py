@@ -309,3 +309,13 @@ def test_source_errors_before_anything_is_created(user_pkg, tmp_path, capsys):
             err = capsys.readouterr().err
             assert err.startswith(f"prunekit run: error: {message}"), err
         assert not out.exists()
+
+
+def test_sweep_arms_keep_the_import_permission(user_pkg, tmp_path):
+    from prunekit.experiments.sweep import expand
+
+    path = _config(user_pkg, tmp_path, sweep={"sparsities": [0.5, 0.75], "seeds": [0, 1]})
+    arms = expand(load_config(path, allow_import=True))
+    assert len(arms) == 4
+    assert all(a.config.allow_import and a.config.source_dir == str(user_pkg) for a in arms)
+    assert not any(a.config.allow_import for a in expand(load_config(path)))
