@@ -136,6 +136,10 @@ def load_run(
     model.load_state_dict(state)
     model.to(device).eval()
     masks = MaskSet.load(root / "final" / "masks.safetensors", device=device)
+    try:
+        masks.validate(model)
+    except ValueError as err:
+        raise ValueError(f"run_dir: {str(root / 'final' / 'masks.safetensors')!r}: {err}") from None
     reference = None
     ref_path = root / "final" / "reference.safetensors"
     if ref_path.is_file():
