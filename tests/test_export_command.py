@@ -46,6 +46,8 @@ def test_load_run(finished_run):
                         "kwargs": {"hidden": [8], "in_features": 64, "num_classes": 10}}  # fmt: skip
     assert run.config["model"]["name"] == "mlp"
     assert run.metrics["final"] == json.loads((finished_run / "result.json").read_text())["final"]
+    model, masks, metrics = run
+    assert (model, masks, metrics) == (run.model, run.masks, run.metrics)
     rng = torch.get_rng_state()
     prunekit.load_run(finished_run)
     assert torch.equal(rng, torch.get_rng_state())  # the caller's RNG is untouched

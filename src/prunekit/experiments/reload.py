@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,10 @@ class LoadedRun:
     config: dict[str, Any]
     run_dir: Path
     reference: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        """``model, masks, metrics = prunekit.load_run(run_dir)``."""
+        return iter((self.model, self.masks, self.metrics))
 
     def example_input(self) -> torch.Tensor:
         """One input example the run recorded (for tracing / ONNX export)."""
