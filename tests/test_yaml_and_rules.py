@@ -111,3 +111,12 @@ def test_nm_dry_run_plans_half(tmp_path, capsys):
     assert main(["run", str(path), "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert "sparsity: 0.5" in text and "2:4" in text
+
+
+def test_only_alias_expansion_is_capped(monkeypatch):
+    import prunekit.experiments.yamlio as yamlio
+
+    monkeypatch.setattr(yamlio, "MAX_EXPANDED_NODES", 20)
+    assert len(load_yaml("[" + ", ".join(["1"] * 50) + "]")) == 50  # big, but written out
+    with pytest.raises(YAMLError, match="aliases expand to more than 20 nodes"):
+        load_yaml("a: &a [1, 2, 3, 4, 5]\nb: [*a, *a, *a, *a, *a]\n")

@@ -53,9 +53,11 @@ def _retraining() -> dict[str, str]:
 
 
 def _lr_schedules() -> dict[str, str]:
+    from prunekit.experiments.config import accepted_names
     from prunekit.training.lr import TRAIN_SCHEDULES
 
-    return {name: _first_line(cls) for name, cls in sorted(TRAIN_SCHEDULES.items())}
+    names = accepted_names()["train.lr_schedule"]
+    return {name: _first_line(TRAIN_SCHEDULES.get(name)) for name in sorted(names)}
 
 
 def _optimizers() -> dict[str, str]:

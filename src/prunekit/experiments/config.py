@@ -84,13 +84,14 @@ def accepted_names() -> dict[str, list[str]]:
     from prunekit.criteria import CRITERIA
     from prunekit.data import DATASETS
     from prunekit.models import MODELS
-    from prunekit.training.lr import RETRAIN_SCHEDULES, TRAIN_SCHEDULES
+    from prunekit.training.lr import RETRAIN_SCHEDULES
 
+    train = typing.get_type_hints(TrainConfig)
     return {
         "model.name": MODELS.names(),
         "data.name": DATASETS.names(),
-        "train.lr_schedule": list(TRAIN_SCHEDULES),
-        "train.optimizer": list(typing.get_args(typing.get_type_hints(TrainConfig)["optimizer"])),
+        "train.lr_schedule": list(typing.get_args(train["lr_schedule"])),
+        "train.optimizer": list(typing.get_args(train["optimizer"])),
         "prune.criterion": CRITERIA.names(),
         "prune.allocation": ALLOCATIONS.names(),
         "prune.schedule": RUN_SCHEDULES.names(),
@@ -466,9 +467,8 @@ class RetrainConfig:
     schedule: str = "llr"
 
     def validate(self, path: str) -> None:
-        from prunekit.training.lr import RETRAIN_SCHEDULES
-
-        _choice(_key(path, "schedule"), self.schedule, RETRAIN_SCHEDULES.names(), "schedule")
+        allowed = accepted_names()["retrain.schedule"]
+        _choice(_key(path, "schedule"), self.schedule, allowed, "schedule")
         if self.epochs is not None and self.epochs < 0:
             raise ConfigError(f"{_key(path, 'epochs')}: expected a non-negative number or null")
 

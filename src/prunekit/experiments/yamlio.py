@@ -80,7 +80,8 @@ def _expanded_size(root: yaml.Node, source: str) -> int:
             total += sum(size(k) + size(v) for k, v in node.value)
         active.discard(key)
         sizes[key] = total
-        if total > MAX_EXPANDED_NODES:
+        # only aliases make a subtree stand for more nodes than the document holds
+        if total > MAX_EXPANDED_NODES and total > len(sizes) + len(active):
             raise YAMLError(
                 f"{source}: aliases expand to more than {MAX_EXPANDED_NODES} nodes "
                 "(an alias bomb?); write the values out instead"
