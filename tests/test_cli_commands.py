@@ -30,7 +30,9 @@ def _write(tmp_path, data) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("command", ["demo", "run", "sweep", "report", "list", "prune-llm"])
+@pytest.mark.parametrize(
+    "command", ["demo", "run", "sweep", "report", "list", "prune-llm", "export"]
+)
 def test_help_shows_an_example(command, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args([command, "--help"])
