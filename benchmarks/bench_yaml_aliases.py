@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Callable
 
 import yaml
 
@@ -29,7 +30,7 @@ def bomb(depth: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _median(fn, text: str, repeats: int = 5) -> tuple[float, str]:
+def _median(fn: Callable[[str], str], text: str, repeats: int = 5) -> tuple[float, str]:
     fn(text)  # warm-up
     runs = []
     for _ in range(repeats):
