@@ -319,3 +319,19 @@ def test_sweep_arms_keep_the_import_permission(user_pkg, tmp_path):
     assert len(arms) == 4
     assert all(a.config.allow_import and a.config.source_dir == str(user_pkg) for a in arms)
     assert not any(a.config.allow_import for a in expand(load_config(path)))
+
+
+def test_a_config_inside_a_run_dir_never_imports(user_pkg, tmp_path, capsys):
+    path = _config(user_pkg, tmp_path)
+    assert main(["run", str(path), "--quiet"]) == 0
+    capsys.readouterr()
+    root = run_dir(load_config(path))
+    saved = root / "config.yaml"
+    # the saved config names the factory; the module sits beside it as an attacker would put it
+    shutil.copy(user_pkg / "userpkg_models.py", root / "userpkg_models.py")
+    sys.modules.pop("userpkg_models", None)
+    assert main(["run", str(saved), "--dry-run"]) == 2
+    assert (
+        "model.factory: 'userpkg_models:build_model' names Python code" in capsys.readouterr().err
+    )
+    assert "userpkg_models" not in sys.modules

@@ -24,9 +24,11 @@ interrupted one resumes from its last checkpoint."""
 def run(args: argparse.Namespace) -> int:
     from prunekit.experiments.config import load_config
     from prunekit.experiments.runner import dry_run, run_experiment
+    from prunekit.experiments.sources import written_by_a_run
 
-    # the user's own config file: its model / data factories may be imported
-    cfg = load_config(args.config, args.set, allow_import=True)
+    # the user's own config file may import its model / data factories; one in a run directory
+    # (an output folder, maybe from elsewhere) is data and never does
+    cfg = load_config(args.config, args.set, allow_import=not written_by_a_run(args.config))
     if args.out:
         cfg.output = args.out
     apply_common(cfg, args)

@@ -53,10 +53,12 @@ def dry_run(cfg: ExperimentConfig) -> int:
 def run(args: argparse.Namespace) -> int:
     from prunekit.experiments.config import load_config
     from prunekit.experiments.report import skipped_lines, write_report
+    from prunekit.experiments.sources import written_by_a_run
     from prunekit.experiments.sweep import run_sweep
 
-    # the user's own config file: its model / data factories may be imported
-    cfg = load_config(args.config, args.set, allow_import=True)
+    # the user's own config file may import its model / data factories; one in a run directory
+    # (an output folder, maybe from elsewhere) is data and never does
+    cfg = load_config(args.config, args.set, allow_import=not written_by_a_run(args.config))
     if args.out:
         cfg.output = args.out
     if args.threads:

@@ -307,3 +307,15 @@ def check_sources(cfg: Any) -> None:
             raise FileNotFoundError(f"model.hf: no such folder {cfg.model.hf!r}")
     if cfg.dense_checkpoint is not None and not Path(cfg.dense_checkpoint).is_file():
         raise FileNotFoundError(f"dense_checkpoint: no such file {cfg.dense_checkpoint!r}")
+
+
+def written_by_a_run(config_path: str | Any) -> bool:
+    """True for a ``config.yaml`` inside a run directory (prunekit wrote it): such a file is
+    data from an output folder, so its ``module:function`` factories are never imported."""
+    from pathlib import Path
+
+    folder = Path(config_path).resolve().parent
+    named_like_a_run = folder.parent.name == "runs" and re.search(r"-[0-9a-f]{10}$", folder.name)
+    return bool(named_like_a_run) or any(
+        (folder / name).is_file() for name in ("model_spec.json", "result.json")
+    )
