@@ -289,6 +289,7 @@ def test_own_model_example_end_to_end(tmp_path, monkeypatch):
             assert torch.equal(model.eval()(x), expected)
         assert run.masks.sparsity == pytest.approx(0.8, abs=0.01)
         assert run.metrics["dense"]["test_top1"] > 0  # evaluated the user's trained weights
+        assert (run.metrics["dataset"], run.metrics["model"]) == ("stripes", "my_cnn")
     finally:
         sys.modules.pop("mycnn", None)
         sys.modules.pop("train", None)
