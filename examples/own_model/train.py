@@ -1,6 +1,6 @@
 """Step 1: train MyCNN with your own loop and save its weights (a plain state_dict).
 
-    python train.py            # writes my_cnn.pt
+python train.py            # writes my_cnn.pt
 """
 
 from __future__ import annotations
@@ -8,9 +8,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch.nn import functional as F
-
 from mycnn import build_data, build_model
+from torch.nn import functional as F
 
 
 def main(epochs: int = 4, num_samples: int = 2000, out: str = "my_cnn.pt") -> float:
