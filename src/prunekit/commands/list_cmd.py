@@ -96,6 +96,14 @@ def _constraints() -> dict[str, str]:
     return CONSTRAINTS.describe()
 
 
+def _data_scores() -> dict[str, str] | None:
+    try:  # the data-pruning scores, where this installation has them
+        from prunekit.data_pruning import DATA_SCORES
+    except ImportError:
+        return None
+    return DATA_SCORES.describe()
+
+
 def _models() -> dict[str, str]:
     from prunekit.models import MODELS
 
@@ -108,9 +116,9 @@ def _datasets() -> dict[str, str]:
     return DATASETS.describe()
 
 
-# Category -> its entries. A new registry adds one line here (the config validator's names are
-# checked against these by the tests).
-CATEGORIES: dict[str, Callable[[], dict[str, str]]] = {
+# Category -> its entries (None: not part of this installation). A new registry adds one line
+# here (the config validator's names are checked against these by the tests).
+CATEGORIES: dict[str, Callable[[], dict[str, str] | None]] = {
     "criteria": _criteria,
     "allocations": _allocations,
     "schedules": _schedules,
@@ -120,6 +128,7 @@ CATEGORIES: dict[str, Callable[[], dict[str, str]]] = {
     "llm methods": _llm_methods,
     "structured criteria": _structured,
     "constraints": _constraints,
+    "data scores": _data_scores,
     "models": _models,
     "datasets": _datasets,
 }
@@ -127,10 +136,12 @@ CATEGORIES: dict[str, Callable[[], dict[str, str]]] = {
 
 def registries() -> dict[str, dict[str, str]]:
     """Category -> {name: one-line description in plain text}."""
-    return {
-        category: {name: plain(doc) for name, doc in entries().items()}
-        for category, entries in CATEGORIES.items()
-    }
+    out = {}
+    for category, entries in CATEGORIES.items():
+        found = entries()
+        if found is not None:
+            out[category] = {name: plain(doc) for name, doc in found.items()}
+    return out
 
 
 def _category(name: str) -> str | None:
@@ -150,7 +161,12 @@ def run(args: argparse.Namespace) -> int:
     for category in CATEGORIES:
         if wanted is not None and category != wanted:
             continue
-        entries = {name: plain(doc) for name, doc in CATEGORIES[category]().items()}
+        found = CATEGORIES[category]()
+        if found is None:
+            if wanted is not None:
+                print(f"{category}: not part of this installation")
+            continue
+        entries = {name: plain(doc) for name, doc in found.items()}
         print(f"\n{category}")
         print(format_table(["name", "description"], [[k, v] for k, v in entries.items()]))
     return 0

@@ -87,7 +87,7 @@ def accepted_names() -> dict[str, list[str]]:
     from prunekit.training.lr import RETRAIN_SCHEDULES
 
     train = typing.get_type_hints(TrainConfig)
-    return {
+    names = {
         "model.name": MODELS.names(),
         "data.name": DATASETS.names(),
         "train.lr_schedule": list(typing.get_args(train["lr_schedule"])),
@@ -97,6 +97,12 @@ def accepted_names() -> dict[str, list[str]]:
         "prune.schedule": RUN_SCHEDULES.names(),
         "retrain.schedule": RETRAIN_SCHEDULES.names(),
     }
+    try:  # data-pruning scores, where this installation has them
+        from prunekit.data_pruning import DATA_SCORES
+    except ImportError:
+        return names
+    names["sweep.scores"] = DATA_SCORES.names()
+    return names
 
 
 def _llm_hint(path: str, name: str) -> None:
