@@ -135,6 +135,13 @@ def test_resolve_callable_rules(user_pkg):
         resolve_callable("os:system", key="model.factory", allow_import=["mypkg"])
     with pytest.raises(ImportNotAllowedError):
         resolve_callable("os:system", key="model.factory", allow_import="os")  # not a list
+    with pytest.raises(ImportNotAllowedError):  # a prefix admits submodules, not look-alikes
+        resolve_callable("ossy:f", key="model.factory", allow_import=["os"])
+    assert (
+        resolve_callable("os.path:join", key="k", allow_import=["os"]) is __import__("os").path.join
+    )
+    with pytest.raises(ConfigError, match="names a private attribute"):
+        resolve_callable("os:_exit", key="model.factory", allow_import=True)
     with pytest.raises(ConfigError, match="cannot import 'no_such_pkg_x'"):
         resolve_callable("no_such_pkg_x:f", key="model.factory", allow_import=True)
     fn = resolve_callable(

@@ -77,15 +77,17 @@ def resolve_callable(
     Args:
         spec: ``"mypkg.models:build"``.
         key: the config key or argument named in errors (``model.factory``).
-        allow_import: True for the user's own config; a list of top-level packages
-            (``["mypkg"]``) allows only those; False (the default) refuses every import.
+        allow_import: True for the user's own config; a list of module prefixes
+            (``["mypkg"]`` admits ``mypkg:f`` and ``mypkg.models:f``) allows only those; False
+            (the default) refuses every import.
         search_path: a folder searched first (the config file's folder).
     """
     check_factory_spec(spec, key)
     module_name, attr = spec.split(":", 1)
     top = module_name.split(".")[0]
-    allowed = allow_import is True or (
-        not isinstance(allow_import, (bool, str)) and top in set(allow_import or ())
+    prefixes = () if isinstance(allow_import, (bool, str)) else tuple(allow_import or ())
+    allowed = allow_import is True or any(
+        module_name == p or module_name.startswith(f"{p}.") for p in prefixes
     )
     if not allowed:
         raise ImportNotAllowedError(
@@ -102,6 +104,8 @@ def resolve_callable(
             raise ConfigError(f"{key}: cannot import {module_name!r}{where}: {err}") from None
     obj: Any = module
     for part in attr.split("."):
+        if part.startswith("_"):
+            raise ConfigError(f"{key}: {spec!r} names a private attribute")
         obj = getattr(obj, part, None)
         if obj is None:
             raise ConfigError(f"{key}: module {module_name!r} has no attribute {attr!r}")
