@@ -79,8 +79,10 @@ def _assert_reloads(directory: Path) -> None:
     masks (pruned weights exactly zero) and metrics."""
     run = prunekit.load_run(directory)
     x, expected = run.reference
+    device = run.reference_device  # the runner's device (CUDA when present): same kernels
     with torch.no_grad():
-        assert torch.equal(run.model(x), expected)
+        assert torch.equal(run.model.to(device)(x.to(device)).cpu(), expected)
+    run.model.cpu()
     assert run.matches_reference()
     assert run.metrics == json.loads((directory / "result.json").read_text())
     assert abs(run.masks.sparsity - run.metrics["sparsity"]) < 1e-12

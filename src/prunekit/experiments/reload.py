@@ -39,6 +39,7 @@ class LoadedRun:
         config: the run's resolved config as plain data (never imported from).
         run_dir: the run directory.
         reference: ``(input, output)`` the runner recorded for the final model, or None.
+        reference_device: the device that output was computed on (``"cpu"``, ``"cuda:0"``).
     """
 
     model: nn.Module
@@ -48,6 +49,7 @@ class LoadedRun:
     config: dict[str, Any]
     run_dir: Path
     reference: tuple[torch.Tensor, torch.Tensor] | None = None
+    reference_device: str = "cpu"
 
     def __iter__(self) -> Iterator[Any]:
         """``model, masks, metrics = prunekit.load_run(run_dir)``."""
@@ -60,13 +62,24 @@ class LoadedRun:
         return self.reference[0]
 
     def matches_reference(self) -> bool:
-        """True when the reloaded model's output equals the recorded one bit for bit."""
+        """True when the reloaded model's output equals the recorded one bit for bit.
+
+        The model runs on the device the run recorded the output on (kernels differ between
+        devices) when that device is present here, else where it is; it is moved back after.
+        """
         x, expected = self.reference if self.reference is not None else (None, None)
         if x is None:
             raise ValueError(f"run_dir: {str(self.run_dir)!r} holds no final/reference.safetensors")
-        device = next(self.model.parameters()).device
-        with torch.no_grad():
-            out = self.model(x.to(device))
+        home = next(self.model.parameters()).device
+        recorded = torch.device(self.reference_device)
+        usable = recorded.type == "cpu" or (recorded.type == "cuda" and torch.cuda.is_available())
+        device = recorded if usable else home
+        try:
+            self.model.to(device)
+            with torch.no_grad():
+                out = self.model(x.to(device))
+        finally:
+            self.model.to(home)
         return bool(torch.equal(out.cpu(), expected))
 
 
@@ -144,9 +157,16 @@ def load_run(
         masks.validate(model)
     except ValueError as err:
         raise ValueError(f"run_dir: {str(root / 'final' / 'masks.safetensors')!r}: {err}") from None
-    reference = None
+    reference, reference_device = None, "cpu"
     ref_path = root / "final" / "reference.safetensors"
     if ref_path.is_file():
-        tensors, _ = load_safetensors(ref_path)
+        tensors, meta = load_safetensors(ref_path)
+        if not {"input", "output"} <= set(tensors):
+            raise ValueError(f"run_dir: {str(ref_path)!r} lacks the input or output tensor")
         reference = (tensors["input"], tensors["output"])
-    return LoadedRun(model, masks, metrics, spec, config or {}, root, reference)
+        reference_device = str(meta.get("device", "cpu"))
+        try:
+            torch.device(reference_device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"run_dir: {str(ref_path)!r} names no device") from None
+    return LoadedRun(model, masks, metrics, spec, config or {}, root, reference, reference_device)
