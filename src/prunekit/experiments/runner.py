@@ -201,32 +201,14 @@ def _save_masks(masks: MaskSet, path: Path) -> None:
 
 
 def load_dense_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load the user's ``dense_checkpoint`` into ``model``: every key and shape is checked
-    before any weight changes; a mismatch names the file and the first differing keys."""
-    try:
-        state = read_state_dict(path)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # safetensors / unpickling errors of a damaged or foreign file
-        raise ValueError(f"dense_checkpoint: cannot read {str(path)!r}: {err}") from None
-    own = model.state_dict()
+    """Load the user's ``dense_checkpoint`` into ``model``, checked whole before any weight
+    changes (a mismatch names the file); a plain transformers state_dict fits an ``hf`` model."""
     from prunekit.experiments.sources import HFClassifier
 
+    state = read_state_dict(path)
     if isinstance(model, HFClassifier) and not any(k.startswith("model.") for k in state):
-        state = {f"model.{k}": v for k, v in state.items()}  # a plain transformers state_dict
-    problems = [f"missing {k}" for k in own if k not in state]
-    problems += [f"unexpected {k}" for k in state if k not in own]
-    problems += [
-        f"{k}: shape {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model"
-        for k, v in state.items()
-        if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape
-    ]
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise ValueError(
-            f"dense_checkpoint: {str(path)!r} does not fit the model: "
-            f"{'; '.join(problems[:3])}{more}"
-        )
+        state = {f"model.{k}": v for k, v in state.items()}
+    check_state_fits(model, state, path, cast_floats=True)
     model.load_state_dict(state)
 
 
