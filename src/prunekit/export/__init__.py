@@ -1,4 +1,4 @@
-"""Export a pruned model: compressed checkpoints (and, in submodules, other inference formats)."""
+"""Export a pruned model for inference: compressed checkpoints and ONNX."""
 
 from prunekit.export.compressed import (
     FORMAT,
@@ -7,6 +7,7 @@ from prunekit.export.compressed import (
     load_compressed_into,
     save_compressed,
 )
+from prunekit.export.onnx import to_onnx
 
 __all__ = [
     "FORMAT",
@@ -14,4 +15,5 @@ __all__ = [
     "load_compressed",
     "load_compressed_into",
     "save_compressed",
+    "to_onnx",
 ]
