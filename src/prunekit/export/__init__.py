@@ -1,4 +1,4 @@
-"""Export a pruned model for inference: compressed checkpoints and ONNX."""
+"""Export a pruned model for inference: compressed checkpoints, ONNX and sparse kernels."""
 
 from prunekit.export.compressed import (
     FORMAT,
@@ -8,12 +8,28 @@ from prunekit.export.compressed import (
     save_compressed,
 )
 from prunekit.export.onnx import to_onnx
+from prunekit.export.sparse import (
+    LayerDecision,
+    SparseConv1x1,
+    SparseLinear,
+    SparseReport,
+    csr_bytes_ceiling,
+    is_2_4_sparse,
+    to_sparse,
+)
 
 __all__ = [
     "FORMAT",
+    "LayerDecision",
+    "SparseConv1x1",
+    "SparseLinear",
+    "SparseReport",
+    "csr_bytes_ceiling",
+    "is_2_4_sparse",
     "compress_state_dict",
     "load_compressed",
     "load_compressed_into",
     "save_compressed",
     "to_onnx",
+    "to_sparse",
 ]
