@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import shutil
 import tempfile
@@ -32,6 +33,17 @@ def _require_onnx() -> None:
             missing.append(name)
     if missing:
         raise ImportError(f"ONNX export needs {', '.join(missing)}: pip install 'prunekit[onnx]'")
+
+
+@contextlib.contextmanager
+def _quiet_logger():
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
@@ -72,8 +84,8 @@ def to_onnx(
     if use_cache:
         config.use_cache = False
     try:
-        # The exporter narrates each phase on stdout; keep library calls quiet.
-        with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        # The exporter narrates each phase on stdout and logs missing torchvision ops; keep quiet.
+        with contextlib.redirect_stdout(io.StringIO()), _quiet_logger(), torch.no_grad():
             program = torch.onnx.export(
                 model,
                 args,
