@@ -1,4 +1,5 @@
-"""Export a pruned model for inference: compressed checkpoints, ONNX and sparse kernels."""
+"""Export a pruned model for inference: compressed checkpoints (prunekit's own and
+compressed-tensors), ONNX and sparse kernels."""
 
 from prunekit.export.compressed import (
     FORMAT,
@@ -7,6 +8,7 @@ from prunekit.export.compressed import (
     load_compressed_into,
     save_compressed,
 )
+from prunekit.export.compressed_tensors import load_compressed_tensors, save_compressed_tensors
 from prunekit.export.onnx import to_onnx
 from prunekit.export.sparse import (
     LayerDecision,
@@ -29,7 +31,9 @@ __all__ = [
     "compress_state_dict",
     "load_compressed",
     "load_compressed_into",
+    "load_compressed_tensors",
     "save_compressed",
+    "save_compressed_tensors",
     "to_onnx",
     "to_sparse",
 ]
