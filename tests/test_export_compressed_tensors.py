@@ -108,3 +108,34 @@ def test_bad_inputs_name_the_argument_or_file(tmp_path):
     (out / "config.json").write_text(json.dumps({"model_type": "x"}))
     with pytest.raises(ValueError, match="does not describe a compressed-tensors"):
         load_compressed_tensors(out)
+
+
+def test_transformers_llama_with_tied_head_round_trips(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=32,
+        max_position_embeddings=16,
+        tie_word_embeddings=True,
+    )
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(torch.rand(p.shape) > 0.5)
+    out = save_compressed_tensors(model, tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "llama" and "quantization_config" in config
+    stored = load_file(str(out / "model.safetensors"))
+    assert "model.layers.0.self_attn.q_proj.bitmask" in stored
+    state = load_compressed_tensors(out)
+    fresh = transformers.LlamaForCausalLM(cfg)
+    missing, unexpected = fresh.load_state_dict(state, strict=False)
+    assert set(missing) <= {"lm_head.weight"} and not unexpected
+    fresh.tie_weights()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], tensor), name

@@ -107,7 +107,8 @@ def save_compressed_tensors(
     Every ``nn.Linear`` weight not named in ``ignore`` (module names; default ``["lm_head"]``
     when the model has one) is stored in ``format`` (``"sparse-bitmask"`` or
     ``"sparse-24-bitmask"``, which needs 2:4-sparse weights). A transformers model's own config is
-    kept and gains ``quantization_config``. Files are written atomically; returns the folder.
+    kept and gains ``quantization_config``; a tied weight is stored once (under its first name).
+    Files are written atomically; returns the folder.
     """
     if format not in FORMATS:
         raise ValueError(f"format: expected one of {list(FORMATS)}, got {format!r}")
@@ -119,10 +120,16 @@ def save_compressed_tensors(
     if unknown:
         raise ValueError(f"ignore: no module named {unknown[0]!r} in the model")
     targets = set(_targets(model, ignore))
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors: dict[str, Tensor] = {}
     zeros = total = 0
-    for name, tensor in state.items():
+    seen: set[tuple[int, int]] = set()
+    for name, tensor in model.state_dict().items():
+        # Tied weights (e.g. lm_head = embeddings) are stored once, as transformers does.
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key in seen:
+            continue
+        seen.add(key)
+        tensor = tensor.detach().cpu().contiguous()
         total += tensor.numel()
         zeros += int(tensor.numel() - tensor.count_nonzero())
         if name not in targets:
