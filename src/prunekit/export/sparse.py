@@ -311,10 +311,14 @@ def _semi_structured_linear(layer: nn.Linear, mask: Tensor, backend: str) -> nn.
     """A copy of ``layer`` whose weight is a 2:4 semi-structured tensor (``backend`` kernel)."""
     from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
 
-    SparseSemiStructuredTensor._FORCE_CUTLASS = backend == "cutlass"
     new = copy.deepcopy(layer)
     weight = (layer.weight.detach() * mask.to(layer.weight.dtype)).contiguous()
-    new.weight = nn.Parameter(to_sparse_semi_structured(weight), requires_grad=False)
+    before = SparseSemiStructuredTensor._FORCE_CUTLASS  # a class-wide switch: restore it
+    SparseSemiStructuredTensor._FORCE_CUTLASS = backend == "cutlass"
+    try:
+        new.weight = nn.Parameter(to_sparse_semi_structured(weight), requires_grad=False)
+    finally:
+        SparseSemiStructuredTensor._FORCE_CUTLASS = before
     return new
 
 
@@ -406,7 +410,7 @@ def to_sparse(
             try:
                 module = build()
                 ms = timer(module, inputs) * 1e3
-            except (RuntimeError, NotImplementedError, ValueError) as err:
+            except Exception as err:  # a backend refusing this shape/dtype/GPU: try the next
                 failures.append(f"{fmt}: {str(err).splitlines()[0][:80]}")
                 continue
             if best is None or ms < best[0]:

@@ -2,8 +2,8 @@
 
 Narrow convolutions fill vector units badly, so removing channels does not save time in proportion
 to MACs (a 15-channel conv can be as slow as a 16-channel one). Here every prunable group gets a
-table ``width -> milliseconds`` measured on the target device: each Conv2d / Linear whose input or
-output channels belong to the group is timed alone, on the input shape it sees in
+table ``width -> seconds`` measured on the target device: each Conv1d / Conv2d / Linear whose input
+or output channels belong to the group is timed alone, on the input shape it sees in
 ``example_inputs`` (so the batch size is yours), at a ladder of candidate widths. A greedy then
 removes, step by step, the channels with the lowest importance per millisecond saved, moving each
 group only to widths that the table says are faster (a per-layer ``round_to`` chosen by
@@ -33,6 +33,7 @@ from prunekit.structured.shrink import keep_indices, shrink
 __all__ = ["LatencyPlan", "latency_table", "allocate_by_latency", "prune_for_latency"]
 
 LayerTimer = Callable[[nn.Module, Tensor], float]
+_TIMED = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
 def _call(model: nn.Module, inputs: Any) -> Any:
@@ -60,11 +61,11 @@ def median_seconds(module: nn.Module, x: Tensor, repeats: int = 7, warmup: int =
 
 
 def _layer_inputs(model: nn.Module, example_inputs: Any) -> dict[str, tuple[int, ...]]:
-    """Input shape of every Conv2d / Linear on ``example_inputs`` (first call)."""
+    """Input shape of every Conv1d / Conv2d / Linear on ``example_inputs`` (first call)."""
     shapes: dict[str, tuple[int, ...]] = {}
     handles = []
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
+        if isinstance(module, _TIMED):
 
             def hook(_m: nn.Module, args: tuple, name: str = name) -> None:
                 shapes.setdefault(name, tuple(args[0].shape))
@@ -88,7 +89,7 @@ def _resized(module: nn.Module, axis: int, width: int) -> nn.Module:
         out_f, in_f = module.out_features, module.in_features
         out_f, in_f = (width, in_f) if axis == 0 else (out_f, width)
         return nn.Linear(in_f, out_f, bias=module.bias is not None).to(module.weight.device)
-    conv: nn.Conv2d = module
+    conv = module
     out_c, in_c, groups = conv.out_channels, conv.in_channels, conv.groups
     if groups == in_c == out_c:  # depthwise: both sides shrink together
         out_c = in_c = groups = width
@@ -96,7 +97,7 @@ def _resized(module: nn.Module, axis: int, width: int) -> nn.Module:
         out_c = width
     else:
         in_c = width
-    return nn.Conv2d(
+    return type(conv)(
         in_c,
         out_c,
         conv.kernel_size,
@@ -125,7 +126,7 @@ def latency_table(
 ) -> dict[int, dict[int, float]]:
     """``{group index: {kept components: seconds}}`` for every prunable group.
 
-    The time of a group at a width is the sum over its Conv2d / Linear members (output or input
+    The time of a group at a width is the sum over its Conv1d / Conv2d / Linear members (output or input
     channels) of that layer alone at that width, on the input shape it sees in
     ``example_inputs``. ``timer(layer, x) -> seconds`` replaces the clock.
     """
@@ -142,7 +143,7 @@ def latency_table(
             module = modules.get(owner)
             if leaf != "weight" or owner not in shapes or axis not in (0, 1):
                 continue
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
+            if isinstance(module, _TIMED):
                 per = int(group.member_index((name, axis)).shape[1])
                 members.append((module, axis, per, shapes[owner]))
         row: dict[int, float] = {}
@@ -151,7 +152,7 @@ def latency_table(
             for module, axis, per, shape in members:
                 layer = _resized(module, axis, width * per)
                 x_shape = list(shape)
-                if isinstance(layer, nn.Conv2d):
+                if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
                     x_shape[1] = layer.in_channels
                 else:
                     x_shape[-1] = layer.in_features
@@ -230,13 +231,15 @@ def prune_for_latency(
     ignore: Iterable[nn.Module | str] = (),
     levels: int = 16,
     timer: LayerTimer | None = None,
+    table: dict[int, dict[int, float]] | None = None,
     inplace: bool = True,
 ) -> tuple[nn.Module, LatencyPlan]:
     """Prune channels so the model's estimated latency on ``example_inputs`` (at their batch
     size, on their device) becomes ``target_latency`` times the dense one.
 
     Widths come from :func:`latency_table` and :func:`allocate_by_latency`; ``criterion`` and
-    ``normalizer`` score channels as in :func:`prunekit.structured.prune`.
+    ``normalizer`` score channels as in :func:`prunekit.structured.prune`. Pass the ``table``
+    of an earlier plan for the same model and inputs to skip measuring it again.
     """
     if not 0.0 < target_latency < 1.0:
         raise ValueError(f"target_latency: expected a fraction in (0, 1), got {target_latency!r}")
@@ -250,7 +253,8 @@ def prune_for_latency(
         for gi, g in enumerate(groups)
         if g.prunable
     }
-    table = latency_table(model, example_inputs, groups, levels=levels, timer=timer)
+    if table is None:
+        table = latency_table(model, example_inputs, groups, levels=levels, timer=timer)
     pruned = allocate_by_latency(groups, scores, table, target_latency, min_channels=min_channels)
     tensors = dict(model.named_parameters())
     tensors.update(dict(model.named_buffers()))
