@@ -355,7 +355,7 @@ def to_sparse(
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device: expected 'cpu' or 'cuda', got {str(device)!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: 'cuda' requested but torch sees no CUDA device")
+        raise ValueError("device: 'cuda' requested but torch sees no CUDA device")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     if not 0.0 <= min_sparsity <= 1.0:
