@@ -136,6 +136,8 @@ def test_bad_arguments_name_themselves():
         to_sparse(model, batch_size=0)
     with pytest.raises(ValueError, match=r"masks: 'weight' has shape \(2, 2\)"):
         to_sparse(model, {"weight": torch.ones(2, 2, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="masks: 'fc.weight' is not a parameter of the model"):
+        to_sparse(model, {"fc.weight": torch.ones(4, 4, dtype=torch.bool)})
 
 
 def test_two_four_detection_and_bytes_ceiling():

@@ -258,26 +258,32 @@ def _tensors(inputs: Any) -> list[Tensor]:
 
 
 def _masks_by_module(model: nn.Module, masks: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
-    """Weight masks keyed by module name; without ``masks`` the non-zeros of each weight."""
+    """Apply ``masks`` to ``model`` (in place) and return the Linear / Conv2d weight masks keyed by
+    module name; without ``masks`` the non-zeros of each weight are the mask."""
     modules = dict(model.named_modules())
-    out: dict[str, Tensor] = {}
     if masks is None:
-        for name, module in modules.items():
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
-                out[name] = module.weight.detach() != 0
-        return out
+        return {
+            name: module.weight.detach() != 0
+            for name, module in modules.items()
+            if isinstance(module, (nn.Linear, nn.Conv2d))
+        }
+    params = dict(model.named_parameters())
+    out: dict[str, Tensor] = {}
     for key, mask in masks.items():
+        param = params.get(key)
+        if param is None:
+            raise ValueError(f"masks: {key!r} is not a parameter of the model")
+        if tuple(mask.shape) != tuple(param.shape):
+            raise ValueError(
+                f"masks: {key!r} has shape {tuple(mask.shape)}, the parameter has "
+                f"{tuple(param.shape)}"
+            )
+        keep = mask.to(device=param.device, dtype=torch.bool)
+        with torch.no_grad():  # what stays dense must compute what the masked model computes
+            param.mul_(keep.to(param.dtype))
         owner, _, leaf = key.rpartition(".")
-        if leaf != "weight" or owner not in modules:
-            continue  # biases and unknown names carry no layer sparsity
-        module = modules[owner]
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            if tuple(mask.shape) != tuple(module.weight.shape):
-                raise ValueError(
-                    f"masks: {key!r} has shape {tuple(mask.shape)}, the weight has "
-                    f"{tuple(module.weight.shape)}"
-                )
-            out[owner] = mask.to(device=module.weight.device, dtype=torch.bool)
+        if leaf == "weight" and isinstance(modules.get(owner), (nn.Linear, nn.Conv2d)):
+            out[owner] = keep
     return out
 
 
@@ -372,9 +378,6 @@ def to_sparse(
         if example_inputs is not None
         else {}
     )
-    with torch.no_grad():  # layers that stay dense must compute what the masked model computes
-        for name, mask in layer_masks.items():
-            modules[name].weight.mul_(mask.to(modules[name].weight.dtype))
     originals: dict[str, nn.Module] = {}
     for name, mask in layer_masks.items():
         layer = modules[name]
