@@ -73,6 +73,8 @@ def test_converted_model_equals_masked_dense(dtype, atol):
         )
     assert report.dense_ms == 10_000.0 and report.sparse_ms == 1_000.0 and not report.reverted
     assert report.layers[0].speedup == 10.0
+    as_dict = report.to_dict()
+    assert as_dict["layers"][0]["speedup"] == 10.0 and as_dict["layers"][0]["format"] == "csr"
 
 
 def test_layer_where_sparse_is_slower_stays_dense():
