@@ -46,7 +46,7 @@ def interleaved(models: dict[str, nn.Module], x: torch.Tensor, reps: int) -> dic
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def compare(dense: nn.Module, x: torch.Tensor, ratio: float, reps: int, levels: int):
+def compare(dense: nn.Module, x: torch.Tensor, ratio: float, reps: int, levels: int, floor: float):
     """Uniform L1 at ``ratio``, then latency-aware with its table target bisected until its
     measured latency matches the uniform model's. Returns (uniform, aware, times, build s)."""
     dense.eval()
@@ -55,13 +55,15 @@ def compare(dense: nn.Module, x: torch.Tensor, ratio: float, reps: int, levels: 
     goal = interleaved({"dense": dense, "uniform": uniform}, x, reps)
     goal = goal["uniform"] / goal["dense"]
     start = time.perf_counter()
-    _, plan = prune_for_latency(copy.deepcopy(dense), x, 0.5, levels=levels)
+    _, plan = prune_for_latency(copy.deepcopy(dense), x, 0.5, levels=levels, min_channels=floor)
     build = time.perf_counter() - start
     low, high = 0.02, 0.98
     aware = None
     for _ in range(args_bisect_steps):
         target = (low + high) / 2
-        aware, _ = prune_for_latency(copy.deepcopy(dense), x, target, table=plan.table)
+        aware, _ = prune_for_latency(
+            copy.deepcopy(dense), x, target, table=plan.table, min_channels=floor
+        )
         aware.eval()
         t = interleaved({"dense": dense, "aware": aware}, x, max(3, reps // 2))
         measured = t["aware"] / t["dense"]
@@ -98,7 +100,9 @@ def accuracy_section(args: argparse.Namespace) -> None:
     dense = create_model("cnn1d", channels=args.cnn_channels)
     Trainer(dense, data.train, epochs=args.epochs, batch_size=128, seed=0).fit()
     x = data.test.x[: args.batch]
-    uniform, aware, times, build, _ = compare(dense, x, args.ratio, args.reps, args.levels)
+    uniform, aware, times, build, _ = compare(
+        dense, x, args.ratio, args.reps, args.levels, args.min_channels
+    )
     accs = {}
     for name, model in (("uniform", uniform), ("latency-aware", aware)):
         model.train()
@@ -120,7 +124,9 @@ def resnet_section(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     dense = create_model("resnet56").eval()
     x = torch.randn(args.batch, 3, 32, 32)
-    uniform, aware, times, build, plan = compare(dense, x, args.ratio, args.reps, args.levels)
+    uniform, aware, times, build, plan = compare(
+        dense, x, args.ratio, args.reps, args.levels, args.min_channels
+    )
     print(f"{torch.get_num_threads()} thread(s); table built in {build:.1f} s")
     header()
     for name, model in (("dense", dense), ("uniform", uniform), ("latency-aware", aware)):
@@ -136,6 +142,9 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--levels", type=int, default=8, help="ladder steps per group table")
+    parser.add_argument(
+        "--min-channels", type=float, default=0.25, help="floor per group for latency-aware"
+    )
     parser.add_argument("--epochs", type=float, default=10)
     parser.add_argument("--retrain-epochs", type=float, default=5)
     parser.add_argument("--cnn-channels", type=int, default=64)

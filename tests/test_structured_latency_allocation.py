@@ -47,3 +47,11 @@ def test_deeper_target_cuts_both_groups_to_tile_multiples():
 def test_target_latency_must_be_a_fraction():
     with pytest.raises(ValueError, match=r"target_latency: expected a fraction in \(0, 1\)"):
         prune_for_latency(_mlp(), torch.randn(1, 8), 1.5, timer=_tiles)
+
+
+def test_fractional_floor_keeps_a_share_of_every_group():
+    small, _ = prune_for_latency(
+        _mlp(), torch.randn(4, 8), 0.5, min_channels=0.75, timer=_tiles, inplace=False
+    )
+    # 75% of 32 is 24, and the only faster width in the table above 24 is none: nothing moves
+    assert (small[0].out_features, small[2].out_features) == (32, 32)

@@ -15,7 +15,6 @@ so the whole pruned model is timed again at the end.
 from __future__ import annotations
 
 import copy
-import math
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunekit.structured.allocation import _min_keep
 from prunekit.structured.criteria import group_importance
 from prunekit.structured.graph import build_graph
 from prunekit.structured.groups import ChannelGroup, find_groups
@@ -170,11 +170,12 @@ def allocate_by_latency(
     table: dict[int, dict[int, float]],
     target_latency: float,
     *,
-    min_channels: int = 1,
+    min_channels: int | float = 1,
 ) -> dict[int, Tensor]:
     """Positions to prune per group so the table's estimated latency falls to ``target_latency``
     (a fraction of the full-width estimate), removing the least important channels per
-    millisecond saved. Groups only move to widths the table shows as faster."""
+    millisecond saved. Groups only move to widths the table shows as faster. ``min_channels``
+    is the floor per group: channels (an int) or a fraction of the group (a float below 1)."""
     if not 0.0 < target_latency < 1.0:
         raise ValueError(f"target_latency: expected a fraction in (0, 1), got {target_latency!r}")
     keep = {gi: groups[gi].size for gi in table if gi in scores}
@@ -183,7 +184,7 @@ def allocate_by_latency(
     if total <= 0:
         return {}
     ordered = {gi: torch.sort(scores[gi]).values.tolist() for gi in keep}
-    floor = {gi: max(1, math.ceil(min_channels / groups[gi].unit)) for gi in keep}
+    floor = {gi: _min_keep(groups[gi], min_channels) for gi in keep}
     budget = (1.0 - target_latency) * total
     saved = 0.0
     while saved < budget - 1e-15:
@@ -227,7 +228,7 @@ def prune_for_latency(
     criterion: str = "l1",
     *,
     normalizer: str | None = "mean",
-    min_channels: int = 1,
+    min_channels: int | float = 1,
     ignore: Iterable[nn.Module | str] = (),
     levels: int = 16,
     timer: LayerTimer | None = None,
@@ -238,7 +239,10 @@ def prune_for_latency(
     size, on their device) becomes ``target_latency`` times the dense one.
 
     Widths come from :func:`latency_table` and :func:`allocate_by_latency`; ``criterion`` and
-    ``normalizer`` score channels as in :func:`prunekit.structured.prune`. Pass the ``table``
+    ``normalizer`` score channels as in :func:`prunekit.structured.prune`; ``min_channels`` is the
+    floor of every group (an int, or a fraction of the group if a float below 1: with a
+    per-channel importance that ignores how much of a layer is already gone, a floor such as 0.25
+    keeps the greedy from emptying the layers that are slowest per channel). Pass the ``table``
     of an earlier plan for the same model and inputs to skip measuring it again.
     """
     if not 0.0 < target_latency < 1.0:
