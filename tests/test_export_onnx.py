@@ -97,3 +97,16 @@ def test_bad_arguments_name_themselves(tmp_path):
         to_onnx(model, torch.randn(1, 4), tmp_path / "m.onnx", opset=2)
     with pytest.raises(IsADirectoryError, match="path: .* is a directory"):
         to_onnx(model, torch.randn(1, 4), tmp_path)
+
+
+def test_large_model_weights_go_to_an_external_file_beside_the_graph(tmp_path, monkeypatch):
+    import prunekit.export.onnx as onnx_export
+
+    monkeypatch.setattr(onnx_export, "_EXTERNAL_DATA_BYTES", 0)  # every model counts as large
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Tanh())
+    x = torch.randn(2, 16)
+    path = to_onnx(model, x, tmp_path / "big.onnx")
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert "big.onnx" in files and len(files) == 2  # the graph and its weights, no temp folder
+    np.testing.assert_allclose(_run_onnx(path, x), _torch_out(model.eval(), x), atol=1e-4, rtol=0)

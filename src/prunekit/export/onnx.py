@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-# Above this many parameter bytes the weights go to a ``<name>.data`` file beside the graph
+# Above this many parameter bytes the weights go to an external-data file beside the graph
 # (protobuf caps a single message at 2 GiB).
 _EXTERNAL_DATA_BYTES = 1 << 30
 
@@ -66,7 +66,8 @@ def to_onnx(
 
     ``example_inputs`` is a tensor, a tuple of positional inputs or a dict of keyword inputs; the
     graph is traced with their shapes. ``opset`` picks the ONNX opset (torch's default when
-    ``None``). The file is written atomically; very large models also get ``<name>.data``.
+    ``None``). The file is written atomically; models over 1 GiB also get an external-data file
+    beside it (ONNX caps one file at 2 GiB).
     """
     _require_onnx()
     if opset is not None and (not isinstance(opset, int) or opset < 7):
