@@ -262,6 +262,7 @@ def main() -> None:
     parser.add_argument("--gpt-width", type=int, default=4096)
     parser.add_argument("--onnx-batch", type=int, default=1)
     parser.add_argument("--skip-onnx", action="store_true")
+    parser.add_argument("--skip-cpu", action="store_true", help="skip section 1")
     parser.add_argument("--gpu-only", action="store_true")
     parser.add_argument(
         "--gpu-shapes",
@@ -276,7 +277,8 @@ def main() -> None:
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if not args.gpu_only:
-        cpu_section(args)
+        if not args.skip_cpu:
+            cpu_section(args)
         if not args.skip_onnx:
             onnx_section(args)
     if torch.cuda.is_available():
