@@ -72,7 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--compressed-tensors",
         action="store_true",
         help="also write OUT/compressed-tensors/: the pruned layers in the compressed-tensors "
-        "sparse layout (sparse-24-bitmask for 2:4, else sparse-bitmask) for inference engines",
+        "sparse layout (sparse-24-bitmask for 2:4, else sparse-bitmask) for inference engines "
+        "(default: off)",
     )
     p.add_argument(
         "--nsamples", type=int, default=128, help="calibration windows (default: %(default)s)"
