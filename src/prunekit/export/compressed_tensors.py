@@ -61,7 +61,7 @@ def _bitmask_entry(prefix: str, weight: Tensor) -> dict[str, Tensor]:
     keep = weight != 0
     counts = keep.sum(-1)
     return {
-        f"{prefix}.shape": torch.tensor(list(weight.shape), dtype=torch.int64),
+        f"{prefix}.shape": torch.tensor(list(weight.shape), dtype=torch.int64, device="cpu"),
         f"{prefix}.compressed": weight[keep],
         f"{prefix}.bitmask": _pack_rows(keep),
         f"{prefix}.row_offsets": torch.cumsum(counts, 0) - counts,
@@ -80,7 +80,9 @@ def _two_four_entry(prefix: str, name: str, weight: Tensor) -> dict[str, Tensor]
     order = (groups != 0).to(torch.int8).argsort(dim=-1, descending=True, stable=True)[..., :2]
     keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, order, True).reshape(rows, cols)
     return {
-        f"{prefix}.shape": torch.tensor([rows, cols], dtype=torch.int64).reshape(-1, 1),
+        f"{prefix}.shape": torch.tensor([rows, cols], dtype=torch.int64, device="cpu").reshape(
+            -1, 1
+        ),
         f"{prefix}.compressed": weight[keep].reshape(rows, cols // 2),
         f"{prefix}.bitmask": _pack_rows(keep),
     }
@@ -232,6 +234,6 @@ def _decompress(stored: Mapping[str, Tensor], prefix: str, fmt: str, path: Path)
             f"directory: {str(path)!r}: {prefix}.compressed holds {values.numel()} values, "
             f"the bitmask keeps {int(keep.sum())}"
         )
-    dense = torch.zeros(shape, dtype=values.dtype)
+    dense = torch.zeros(shape, dtype=values.dtype, device=values.device)
     dense[keep] = values
     return dense
