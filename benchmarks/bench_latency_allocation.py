@@ -61,7 +61,7 @@ def compare(dense: nn.Module, x: torch.Tensor, ratio: float, reps: int, levels: 
     aware = None
     for _ in range(args_bisect_steps):
         target = (low + high) / 2
-        aware, _ = prune_for_latency(
+        aware, plan = prune_for_latency(
             copy.deepcopy(dense), x, target, table=plan.table, min_channels=floor
         )
         aware.eval()
@@ -74,7 +74,7 @@ def compare(dense: nn.Module, x: torch.Tensor, ratio: float, reps: int, levels: 
     return uniform, aware, times, build, plan
 
 
-args_bisect_steps = 6
+args_bisect_steps = 8
 
 
 def row(name: str, model: nn.Module, dense: nn.Module, x1: torch.Tensor, times: dict, extra=""):
