@@ -290,19 +290,29 @@ def file_sizes(model: nn.Module) -> dict[str, int]:
 def measure_latency(
     model: nn.Module, example_inputs: Any, *, repeats: int = 20, warmup: int = 3
 ) -> float:
-    """Median wall-clock seconds of one forward pass (eval mode, no grad)."""
+    """Median wall-clock seconds of one forward pass (eval mode, no grad) after ``warmup`` passes.
+
+    On CUDA each pass is synchronized so the time covers the kernels, not just their launch.
+    """
     if repeats < 1:
         raise ValueError(f"repeats: expected a positive integer, got {repeats}")
+    param = next(iter(model.parameters()), None)
+    cuda = param is not None and param.is_cuda
     was_training = model.training
     model.eval()
     try:
-        for _ in range(warmup):
-            _run(model, example_inputs)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            _run(model, example_inputs)
-            times.append(time.perf_counter() - start)
+        with torch.no_grad():
+            for _ in range(warmup):
+                _run(model, example_inputs)
+            times = []
+            for _ in range(repeats):
+                if cuda:
+                    torch.cuda.synchronize(param.device)
+                start = time.perf_counter()
+                _run(model, example_inputs)
+                if cuda:
+                    torch.cuda.synchronize(param.device)
+                times.append(time.perf_counter() - start)
     finally:
         model.train(was_training)
     return statistics.median(times)

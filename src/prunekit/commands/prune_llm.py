@@ -69,6 +69,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="output directory (created; required)")
     p.add_argument(
+        "--compressed-tensors",
+        action="store_true",
+        help="also write OUT/compressed-tensors/: the pruned layers in the compressed-tensors "
+        "sparse layout (sparse-24-bitmask for 2:4, else sparse-bitmask) for inference engines "
+        "(default: off)",
+    )
+    p.add_argument(
         "--nsamples", type=int, default=128, help="calibration windows (default: %(default)s)"
     )
     p.add_argument(
@@ -309,6 +316,9 @@ def run(args: argparse.Namespace) -> int:
         if args.eval:
             report["perplexity"]["retrained"] = perplexity(model, args.eval, **eval_kw)
         out = _save(model, args, masks, report, tokenizer)
+    compressed = None
+    if args.compressed_tensors:
+        compressed = _save_compressed_tensors(model, masks, out, report["pattern"], tokenizer)
     summary = {
         "method": report["method"],
         "pattern": report["pattern"],
@@ -319,9 +329,32 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.eval:
         summary["perplexity"] = report["perplexity"]
+    if args.compressed_tensors:
+        summary["compressed_tensors"] = str(compressed)
     if "perp" in report:
         summary["perp_trainable_fraction"] = report["perp"]["fraction"]
     if args.reconstruct and args.retrain == "perp":
         summary["perp_objective"] = "block reconstruction"
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _save_compressed_tensors(
+    model: Any, masks: Any, out: Path, pattern: str | None, tokenizer: Any
+) -> Path:
+    """The pruned Linear layers in the compressed-tensors layout; every other Linear is ignored
+    (stored dense), so a 2:4 checkpoint only claims 2:4 for layers that are."""
+    from torch import nn
+
+    from prunekit.export import save_compressed_tensors
+
+    ignore = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and f"{name}.weight" not in masks
+    ]
+    fmt = "sparse-24-bitmask" if pattern == "2:4" else "sparse-bitmask"
+    target = save_compressed_tensors(model, out / "compressed-tensors", format=fmt, ignore=ignore)
+    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(target)
+    return target

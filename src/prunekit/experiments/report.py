@@ -3,7 +3,9 @@
 Columns follow ShrinkBench: accuracy (mean and sample standard deviation over seeds), parameters,
 non-zero parameters, dense MACs, non-zero MACs, theoretical speedup (dense / non-zero MACs) and
 compression ratio (parameters / non-zeros). Cost columns are means over seeds; the CSV also has
-the mean global PQ Index of the final weights (METHODS §3).
+the mean global PQ Index of the final weights (METHODS §3). The MACs ratio is labelled theoretical;
+with ``latency=`` the dense and final models of each run are also timed (see
+:mod:`prunekit.experiments.latency`) and the measured columns say so.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prunekit.experiments.latency import LatencyOptions
 from prunekit.report import format_table
 
 __all__ = [
@@ -39,9 +42,10 @@ HEADER = [
     "nonzeros",
     "dense MACs",
     "non-zero MACs",
-    "speedup",
+    "MACs speedup (theoretical)",
     "compression",
 ]
+LATENCY_HEADER = ["dense ms (measured)", "final ms (measured)", "speedup (measured)"]
 
 
 def collect_results(
@@ -96,6 +100,13 @@ class ReportRow:
     runs: list[str] = field(default_factory=list)
     accuracies: list[float] = field(default_factory=list)
     pq_index: float = float("nan")
+    dense_ms: float = float("nan")  # measured latency, mean over seeds (NaN: not measured)
+    final_ms: float = float("nan")
+
+    @property
+    def measured_speedup(self) -> float:
+        """Measured dense / final latency (NaN when not measured)."""
+        return self.dense_ms / self.final_ms
 
 
 def _metric_key(results: list[dict[str, Any]]) -> str:
@@ -149,6 +160,7 @@ def aggregate(results: list[dict[str, Any]], metric: str | None = None) -> list[
             dense_accs.setdefault(int(r.get("seed", 0)), float(r["dense"][metric]))
             dense_costs.setdefault(int(r.get("seed", 0)), r.get("costs", {}))
     if dense_accs:
+        dense_ms = _latency(results, "dense_ms")
         accs = [dense_accs[s] for s in sorted(dense_accs)]
         costs = next(iter(dense_costs.values()))
         params, dense = float(costs.get("params", 0)), float(costs.get("dense_macs", 0))
@@ -167,6 +179,8 @@ def aggregate(results: list[dict[str, Any]], metric: str | None = None) -> list[
                 1.0,
                 [],
                 accs,
+                dense_ms=dense_ms,
+                final_ms=dense_ms,
             )  # fmt: skip
         )
     for (method, sparsity), group in sorted(groups.items()):
@@ -194,9 +208,20 @@ def aggregate(results: list[dict[str, Any]], metric: str | None = None) -> list[
                 _mean(
                     [float((r.get("pq_index") or {}).get("global", float("nan"))) for r in group]
                 ),
+                dense_ms=_latency(group, "dense_ms"),
+                final_ms=_latency(group, "final_ms"),
             )
         )
     return rows
+
+
+def _latency(results: list[dict[str, Any]], key: str) -> float:
+    """Mean measured latency over the runs that were timed (NaN when none was)."""
+    return _mean([float(r["measured_latency"][key]) for r in results if r.get("measured_latency")])
+
+
+def _has_latency(rows: list[ReportRow]) -> bool:
+    return any(not math.isnan(r.final_ms) for r in rows)
 
 
 def _num(x: float) -> str:
@@ -209,7 +234,7 @@ def _num(x: float) -> str:
     return f"{x:.0f}"
 
 
-def _cells(row: ReportRow, metric: str) -> list[str]:
+def _cells(row: ReportRow, metric: str, latency: bool = False) -> list[str]:
     scale = 100.0 if metric.endswith("top1") else 1.0
     return [
         row.method,
@@ -223,29 +248,36 @@ def _cells(row: ReportRow, metric: str) -> list[str]:
         _num(row.nonzero_macs),
         _ratio(row.speedup),
         _ratio(row.compression),
-    ]
+    ] + ([_ms(row.dense_ms), _ms(row.final_ms), _ratio(row.measured_speedup)] if latency else [])
+
+
+def _ms(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.3f}"
 
 
 def _ratio(x: float) -> str:
     return "-" if math.isnan(x) else f"{x:.2f}x"
 
 
-def _header(metric: str) -> list[str]:
+def _header(metric: str, latency: bool = False) -> list[str]:
     name = "top-1 %" if metric.endswith("top1") else metric
-    return [name if h == "accuracy" else ("± std" if h == "std" else h) for h in HEADER]
+    header = [name if h == "accuracy" else ("± std" if h == "std" else h) for h in HEADER]
+    return header + (LATENCY_HEADER if latency else [])
 
 
 def format_rows(rows: list[ReportRow], metric: str = "test_top1") -> str:
     """The terminal table."""
-    return format_table(_header(metric), [_cells(r, metric) for r in rows])
+    latency = _has_latency(rows)
+    return format_table(_header(metric, latency), [_cells(r, metric, latency) for r in rows])
 
 
 def markdown_table(rows: list[ReportRow], metric: str = "test_top1") -> str:
     """The table as GitHub Markdown."""
-    header = _header(metric)
+    latency = _has_latency(rows)
+    header = _header(metric, latency)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        lines.append("| " + " | ".join(_cells(r, metric)) + " |")
+        lines.append("| " + " | ".join(_cells(r, metric, latency)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -264,10 +296,13 @@ def csv_text(rows: list[ReportRow], metric: str = "test_top1") -> str:
             "nonzeros",
             "dense_macs",
             "nonzero_macs",
-            "speedup",
+            "theoretical_speedup",
             "compression",
             "pq_index",
             "runs",
+            "dense_latency_ms",
+            "final_latency_ms",
+            "measured_speedup",
         ]  # fmt: skip
     )
     for r in rows:
@@ -286,6 +321,9 @@ def csv_text(rows: list[ReportRow], metric: str = "test_top1") -> str:
                 r.compression,
                 r.pq_index,
                 " ".join(r.runs),
+                r.dense_ms,
+                r.final_ms,
+                r.measured_speedup,
             ]  # fmt: skip
         )
     return buf.getvalue()
@@ -331,7 +369,11 @@ def _slug(key: tuple[str, str]) -> str:
 
 
 def write_report(
-    directory: str | Path, out: str | Path | None = None, *, plots: bool = True
+    directory: str | Path,
+    out: str | Path | None = None,
+    *,
+    plots: bool = True,
+    latency: LatencyOptions | None = None,
 ) -> dict[str, Any]:
     """Collect the runs under ``directory``; write ``report.md``, ``report.csv`` and PNG plots.
 
@@ -341,6 +383,8 @@ def write_report(
     "skipped"}`` (``rows`` / ``table`` / ``metric`` cover every group, the first group's metric;
     ``skipped``: unreadable results, also warned about under the tables); files go to ``out``
     (default ``directory``).
+    With ``latency`` the dense and final model of every run are timed on this machine and the
+    tables gain measured columns.
     """
     from prunekit.serialization import atomic_path
 
@@ -351,6 +395,12 @@ def write_report(
         raise ValueError(
             f"directory: no finished runs (result.json) under {str(directory)!r}{unreadable}"
         )
+    if latency is not None:
+        from prunekit.experiments.latency import measure_run_latency
+
+        cache: dict = {}
+        for r in results:
+            r["measured_latency"] = measure_run_latency(r, latency, cache)
     target = Path(out) if out is not None else Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     grouped = group_results(results)
@@ -371,7 +421,14 @@ def write_report(
     md = [
         f"# prunekit report\n\n{len(results)} runs under `{directory}`, one table per data set "
         "and model; accuracy = the metric named in each table (mean and sample std over seeds); "
-        "MACs per example (ShrinkBench definitions).\n"
+        "MACs per example (ShrinkBench definitions); MACs speedup = dense / non-zero MACs "
+        "(theoretical).\n"
+        + (
+            f"\nMeasured latency: {latency.describe()}; the final model runs sparse kernels only "
+            "in layers where they were measured faster.\n"
+            if latency is not None
+            else ""
+        )
     ]
     for g in groups:
         md.append(f"\n## {g['dataset']} / {g['model']} ({len(g['runs'])} runs)\n\n")

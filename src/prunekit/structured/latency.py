@@ -1,0 +1,273 @@
+"""Latency-aware channel allocation: per-group widths chosen from a measured latency table.
+
+Narrow convolutions fill vector units badly, so removing channels does not save time in proportion
+to MACs (a 15-channel conv can be as slow as a 16-channel one). Here every prunable group gets a
+table ``width -> seconds`` measured on the target device: each Conv1d / Conv2d / Linear whose input
+or output channels belong to the group is timed alone, on the input shape it sees in
+``example_inputs`` (so the batch size is yours), at a ladder of candidate widths. A greedy then
+removes, step by step, the channels with the lowest importance per millisecond saved, moving each
+group only to widths that the table says are faster (a per-layer ``round_to`` chosen by
+measurement), until the estimated latency reaches ``target_latency`` (a fraction of the dense
+model's). The estimate adds per-group savings (a layer shared by two groups is counted in both),
+so the whole pruned model is timed again at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prunekit.structured.allocation import _min_keep
+from prunekit.structured.criteria import group_importance
+from prunekit.structured.graph import build_graph
+from prunekit.structured.groups import ChannelGroup, find_groups
+from prunekit.structured.shrink import keep_indices, shrink
+
+__all__ = ["LatencyPlan", "latency_table", "allocate_by_latency", "prune_for_latency"]
+
+LayerTimer = Callable[[nn.Module, Tensor], float]
+_TIMED = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+def _call(model: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def median_seconds(module: nn.Module, x: Tensor, repeats: int = 7, warmup: int = 2) -> float:
+    """Median seconds of ``module(x)`` without grad after ``warmup`` calls."""
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + repeats):
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)
+            start = time.perf_counter()
+            module(x)
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _layer_inputs(model: nn.Module, example_inputs: Any) -> dict[str, tuple[int, ...]]:
+    """Input shape of every Conv1d / Conv2d / Linear on ``example_inputs`` (first call)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, _TIMED):
+
+            def hook(_m: nn.Module, args: tuple, name: str = name) -> None:
+                shapes.setdefault(name, tuple(args[0].shape))
+
+            handles.append(module.register_forward_pre_hook(hook))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _call(model, example_inputs)
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def _resized(module: nn.Module, axis: int, width: int) -> nn.Module:
+    """A fresh layer like ``module`` with ``width`` output (axis 0) or input (axis 1) channels."""
+    if isinstance(module, nn.Linear):
+        out_f, in_f = module.out_features, module.in_features
+        out_f, in_f = (width, in_f) if axis == 0 else (out_f, width)
+        return nn.Linear(in_f, out_f, bias=module.bias is not None).to(module.weight.device)
+    conv = module
+    out_c, in_c, groups = conv.out_channels, conv.in_channels, conv.groups
+    if groups == in_c == out_c:  # depthwise: both sides shrink together
+        out_c = in_c = groups = width
+    elif axis == 0:
+        out_c = width
+    else:
+        in_c = width
+    return type(conv)(
+        in_c,
+        out_c,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        groups,
+        conv.bias is not None,
+    ).to(conv.weight.device)
+
+
+def _candidates(size: int, levels: int) -> list[int]:
+    """Kept-component counts worth timing: an even ladder plus multiples of 8 and 16."""
+    step = max(1, size // levels)
+    widths = {size - i * step for i in range(levels + 1)} | set(range(8, size + 1, 8))
+    return sorted(w for w in widths if 1 <= w <= size)
+
+
+def latency_table(
+    model: nn.Module,
+    example_inputs: Any,
+    groups: list[ChannelGroup],
+    *,
+    levels: int = 16,
+    timer: LayerTimer | None = None,
+) -> dict[int, dict[int, float]]:
+    """``{group index: {kept components: seconds}}`` for every prunable group.
+
+    The time of a group at a width is the sum over its Conv1d / Conv2d / Linear members (output or input
+    channels) of that layer alone at that width, on the input shape it sees in
+    ``example_inputs``. ``timer(layer, x) -> seconds`` replaces the clock.
+    """
+    timer = timer or median_seconds
+    shapes = _layer_inputs(model, example_inputs)
+    modules = dict(model.named_modules())
+    table: dict[int, dict[int, float]] = {}
+    for gi, group in enumerate(groups):
+        if not group.prunable:
+            continue
+        members = []
+        for name, axis in group.members:
+            owner, _, leaf = name.rpartition(".")
+            module = modules.get(owner)
+            if leaf != "weight" or owner not in shapes or axis not in (0, 1):
+                continue
+            if isinstance(module, _TIMED):
+                per = int(group.member_index((name, axis)).shape[1])
+                members.append((module, axis, per, shapes[owner]))
+        row: dict[int, float] = {}
+        for width in _candidates(group.size, levels):
+            total = 0.0
+            for module, axis, per, shape in members:
+                layer = _resized(module, axis, width * per)
+                x_shape = list(shape)
+                if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+                    x_shape[1] = layer.in_channels
+                else:
+                    x_shape[-1] = layer.in_features
+                dtype = module.weight.dtype
+                x = torch.randn(x_shape, device=module.weight.device, dtype=dtype)
+                total += timer(layer.to(dtype).eval(), x)
+            row[width] = total
+        table[gi] = row
+    return table
+
+
+def allocate_by_latency(
+    groups: list[ChannelGroup],
+    scores: dict[int, Tensor],
+    table: dict[int, dict[int, float]],
+    target_latency: float,
+    *,
+    min_channels: int | float = 1,
+) -> dict[int, Tensor]:
+    """Positions to prune per group so the table's estimated latency falls to ``target_latency``
+    (a fraction of the full-width estimate), removing the least important channels per
+    millisecond saved. Groups only move to widths the table shows as faster. ``min_channels``
+    is the floor per group: channels (an int) or a fraction of the group (a float below 1)."""
+    if not 0.0 < target_latency < 1.0:
+        raise ValueError(f"target_latency: expected a fraction in (0, 1), got {target_latency!r}")
+    keep = {gi: groups[gi].size for gi in table if gi in scores}
+    full = {gi: table[gi][keep[gi]] for gi in keep}
+    total = sum(full.values())
+    if total <= 0:
+        return {}
+    ordered = {gi: torch.sort(scores[gi]).values.tolist() for gi in keep}
+    floor = {gi: _min_keep(groups[gi], min_channels) for gi in keep}
+    budget = (1.0 - target_latency) * total
+    saved = 0.0
+    while saved < budget - 1e-15:
+        best: tuple[float, int, int] | None = None
+        for gi, now in keep.items():
+            current = table[gi][now]
+            # the widest measured width that is actually faster than the current one
+            faster = [w for w, t in table[gi].items() if w < now and w >= floor[gi] and t < current]
+            if not faster:
+                continue
+            width = max(faster)
+            lost = sum(ordered[gi][groups[gi].size - now : groups[gi].size - width])
+            ratio = lost / (current - table[gi][width])
+            if best is None or ratio < best[0]:
+                best = (ratio, gi, width)
+        if best is None:
+            break
+        _, gi, width = best
+        saved += table[gi][keep[gi]] - table[gi][width]
+        keep[gi] = width
+    return {
+        gi: torch.argsort(scores[gi], stable=True)[: groups[gi].size - k]
+        for gi, k in keep.items()
+        if k < groups[gi].size
+    }
+
+
+@dataclass
+class LatencyPlan:
+    """What :func:`prune_for_latency` did: widths per group and estimated / measured latency."""
+
+    widths: dict[str, tuple[int, int]]  # group name -> (before, after) components
+    estimated_ratio: float  # table estimate, pruned / dense
+    table: dict[int, dict[int, float]] = field(repr=False, default_factory=dict)
+
+
+def prune_for_latency(
+    model: nn.Module,
+    example_inputs: Any,
+    target_latency: float,
+    criterion: str = "l1",
+    *,
+    normalizer: str | None = "mean",
+    min_channels: int | float = 1,
+    ignore: Iterable[nn.Module | str] = (),
+    levels: int = 16,
+    timer: LayerTimer | None = None,
+    table: dict[int, dict[int, float]] | None = None,
+    inplace: bool = True,
+) -> tuple[nn.Module, LatencyPlan]:
+    """Prune channels so the model's estimated latency on ``example_inputs`` (at their batch
+    size, on their device) becomes ``target_latency`` times the dense one.
+
+    Widths come from :func:`latency_table` and :func:`allocate_by_latency`; ``criterion`` and
+    ``normalizer`` score channels as in :func:`prunekit.structured.prune`; ``min_channels`` is the
+    floor of every group (an int, or a fraction of the group if a float below 1: with a
+    per-channel importance that ignores how much of a layer is already gone, a floor such as 0.25
+    keeps the greedy from emptying the layers that are slowest per channel). Pass the ``table``
+    of an earlier plan for the same model and inputs to skip measuring it again.
+    """
+    if not 0.0 < target_latency < 1.0:
+        raise ValueError(f"target_latency: expected a fraction in (0, 1), got {target_latency!r}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    graph = build_graph(model, example_inputs, ignore)
+    groups = find_groups(graph)
+    gen = torch.Generator().manual_seed(0)
+    scores = {
+        gi: group_importance(model, g, criterion, "sum", normalizer, gen)
+        for gi, g in enumerate(groups)
+        if g.prunable
+    }
+    if table is None:
+        table = latency_table(model, example_inputs, groups, levels=levels, timer=timer)
+    pruned = allocate_by_latency(groups, scores, table, target_latency, min_channels=min_channels)
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
+    sizes = {key: int(tensors[key[0]].shape[key[1]]) for key in graph.dims}
+    shrink(model, keep_indices(groups, pruned, sizes))
+    before = sum(row[max(row)] for row in table.values())
+    after = sum(row[groups[gi].size - len(pruned.get(gi, ()))] for gi, row in table.items())
+    widths = {
+        groups[gi].name: (groups[gi].size, groups[gi].size - len(pruned.get(gi, ())))
+        for gi in table
+    }
+    return model, LatencyPlan(widths, after / before if before else 1.0, table)
