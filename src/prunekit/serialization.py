@@ -1,15 +1,27 @@
-"""Safe, atomic files: safetensors and JSON only, bit-packed booleans, temp file + rename."""
+"""Safe, atomic files: safetensors and JSON only, bit-packed booleans, temp file + rename.
+
+Every write goes through the helpers here, which never follow a symlink: a final path that is a
+symlink is refused, appends and locks open with ``O_NOFOLLOW``, and new files are written to a
+temp file created with ``O_EXCL | O_NOFOLLOW`` in the same folder, then renamed over the target.
+Inside :func:`output_root` (set by the experiment runner) a symlinked folder between the output
+folder and the file is refused too. Files get mode ``0o666`` minus the umask, as ``open()`` gives.
+Temp files are named ``.prunekit-tmp-*.tmp`` so that :func:`clean_stale_temps` can remove the
+ones a killed process left behind.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import json
 import os
-import tempfile
+import secrets
+import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -17,6 +29,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from prunekit.errors import DiskFullError, FileFormatError
+from prunekit.safety import UnsafeFileError
 
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device="cpu")
 
@@ -41,22 +54,202 @@ def unpack_bits(packed: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
     return bits[:numel].reshape(shape)
 
 
+TMP_PREFIX = ".prunekit-tmp-"
+TMP_SUFFIX = ".tmp"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_OUTPUT_ROOT: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "prunekit_output_root", default=None
+)
+
+
+@contextlib.contextmanager
+def output_root(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Within this block, writes below ``path`` also refuse symlinked folders under ``path``.
+
+    ``path`` itself may be a symlink the user chose; only what lies below it is checked.
+    """
+    root = Path(os.path.abspath(path))
+    token = _OUTPUT_ROOT.set(root)
+    try:
+        yield root
+    finally:
+        _OUTPUT_ROOT.reset(token)
+
+
+def _refuse(path: Path) -> UnsafeFileError:
+    return UnsafeFileError(f"refusing to write through symlink {str(path)!r}")
+
+
+def check_write_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path if prunekit may write it: neither it nor (inside :func:`output_root`)
+    a folder between the output root and it is a symlink.
+
+    Raises:
+        UnsafeFileError: naming the symlink.
+    """
+    target = Path(path)
+    if os.path.islink(target):
+        raise _refuse(target)
+    root = _OUTPUT_ROOT.get()
+    if root is not None:
+        absolute, prefix = os.path.abspath(target), os.path.join(root, "")
+        if absolute.startswith(prefix):
+            current = str(root)
+            for part in absolute[len(prefix) :].split(os.sep)[:-1]:
+                current = os.path.join(current, part)
+                if os.path.islink(current):
+                    raise _refuse(Path(current))
+    return target
+
+
+def make_dirs(path: str | os.PathLike[str]) -> Path:
+    """``mkdir -p path`` that refuses symlinked folders below the :func:`output_root`.
+
+    ``path`` itself may be a link to a folder when it is not below the output root: the folder a
+    caller names is the caller's choice.
+    """
+    directory = Path(path)
+    check_write_path(directory / "x")
+    if not os.path.isdir(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        check_write_path(directory / "x")  # a link planted while the folders were made
+    return directory
+
+
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file: ``0o666`` minus the process umask."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):  # read without changing it (thread-safe)
+                return 0o666 & ~int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _open_nofollow(path: Path, flags: int) -> int:
+    try:
+        return os.open(path, flags | _NOFOLLOW | _CLOEXEC, 0o666)
+    except OSError as err:
+        if err.errno == errno.ELOOP or path.is_symlink():
+            raise _refuse(path) from None
+        raise
+
+
+def open_append(path: str | os.PathLike[str]) -> IO[str]:
+    """A text file opened for appending that is never a symlink (``O_NOFOLLOW``)."""
+    target = check_write_path(path)
+    make_dirs(target.parent)
+    fd = _open_nofollow(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    return os.fdopen(fd, "a")
+
+
+def open_lock(path: str | os.PathLike[str]) -> IO[bytes]:
+    """A lock file opened read-write without truncating it and never through a symlink."""
+    target = check_write_path(path)
+    make_dirs(target.parent)
+    fd = _open_nofollow(target, os.O_RDWR | os.O_CREAT)
+    return os.fdopen(fd, "r+b", buffering=0)
+
+
+_TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
+
+
+def _create_temp(target: Path) -> tuple[int, Path]:
+    """A new temp file beside ``target`` (``O_EXCL``: never an existing file or link)."""
+    for _ in range(100):
+        tmp = target.parent / f"{TMP_PREFIX}{target.name[:80]}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+        try:
+            return os.open(tmp, _TEMP_FLAGS, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {str(target)!r}")
+
+
+def _commit(tmp: Path, target: Path) -> None:
+    info = os.lstat(tmp)
+    if not stat.S_ISREG(info.st_mode):  # the temp file was swapped for a link meanwhile
+        raise _refuse(tmp)
+    # Some writers (safetensors) leave 0600 whatever the umask: give what open() would.
+    os.chmod(tmp, file_mode())
+    check_write_path(target)
+    os.replace(tmp, target)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    """Yield a new temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    Raises:
+        UnsafeFileError: ``path`` (or, inside :func:`output_root`, a folder above it) is a
+            symlink.
+    """
+    target = check_write_path(path)
+    make_dirs(target.parent)
+    fd, tmp = _create_temp(target)
     os.close(fd)
     try:
-        yield Path(tmp)
-        os.replace(tmp, target)
+        yield tmp
+        _commit(tmp, target)
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(target) from err
         raise
+
+
+def write_bytes_atomic(data: bytes, path: str | os.PathLike[str]) -> None:
+    """Write ``data`` to ``path`` atomically, through the temp file's own descriptor."""
+    target = check_write_path(path)
+    make_dirs(target.parent)
+    fd, tmp = _create_temp(target)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        _commit(tmp, target)
+    except BaseException as err:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(target) from err
+        raise
+
+
+def write_text_atomic(text: str, path: str | os.PathLike[str]) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`write_bytes_atomic`)."""
+    write_bytes_atomic(text.encode("utf-8"), path)
+
+
+def is_stale_temp(name: str) -> bool:
+    """Whether ``name`` is a temporary file or folder of prunekit's own naming."""
+    return name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)
+
+
+def clean_stale_temps(directory: str | os.PathLike[str]) -> list[Path]:
+    """Remove prunekit temp files and folders left below ``directory`` by a killed process.
+
+    Call it only while holding the folder's lock (a live writer's temp file would go too).
+    Symlinks are not followed. Returns what was removed.
+    """
+    removed = []
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=False):
+        for name in [d for d in dirnames if is_stale_temp(d)]:
+            dirnames.remove(name)
+            path = Path(dirpath, name)
+            if path.is_symlink():
+                path.unlink()
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        for name in filenames:
+            if is_stale_temp(name):
+                path = Path(dirpath, name)
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+    return removed
 
 
 def save_safetensors(
@@ -190,9 +383,8 @@ def shape_entry(value: Any, what: str, path: Any) -> tuple[int, ...]:
 
 
 def write_json(data: Any, path: str | os.PathLike[str]) -> None:
-    """Write JSON atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    """Write JSON atomically (never through a symlink)."""
+    write_text_atomic(json.dumps(data, indent=2, sort_keys=True) + "\n", path)
 
 
 def without_storage(tensor: Tensor) -> bool:

@@ -37,7 +37,7 @@ from prunekit import stamps
 from prunekit._device import device_of
 from prunekit.errors import FileFormatError
 from prunekit.masks import MaskSet
-from prunekit.serialization import load_safetensors, save_safetensors, write_json
+from prunekit.serialization import load_safetensors, make_dirs, save_safetensors, write_json
 
 StateDict = Mapping[str, Tensor]
 INGREDIENT_FORMAT = "prunekit.soup_ingredient/1"
@@ -520,7 +520,7 @@ def run_soup_phase(
         raise ValueError("out_dir: sharing ingredients between ranks needs a shared out_dir")
     out_path = Path(out_dir) if out_dir is not None else None
     if out_path is not None:
-        out_path.mkdir(parents=True, exist_ok=True)
+        make_dirs(out_path)
     ingredients: dict[int, dict[str, Tensor]] = {}
     resumed: list[int] = []
     todo: list[int] = []

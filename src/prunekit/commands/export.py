@@ -63,12 +63,14 @@ def export_hf(run: Any, out: Path) -> list[Path]:
             "compressed, onnx or torchscript"
         )
     # Written into a fresh folder of our own, then moved in file by file (atomic replace).
-    with tempfile.TemporaryDirectory(dir=out, prefix=".hf-") as tmp:
+    from prunekit.serialization import TMP_PREFIX, TMP_SUFFIX, check_write_path
+
+    with tempfile.TemporaryDirectory(dir=out, prefix=TMP_PREFIX, suffix=TMP_SUFFIX) as tmp:
         run.model.model.save_pretrained(tmp, safe_serialization=True)
         written = []
         for item in sorted(Path(tmp).iterdir()):
             if item.is_file():
-                os.replace(item, out / item.name)
+                os.replace(item, check_write_path(out / item.name))
                 written.append(out / item.name)
     return written
 

@@ -175,6 +175,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_progress_argument(p)
     add_threads_argument(p)
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run Python code shipped in MODEL_DIR (auto_map + .py files); off by default: "
+        "prunekit passes trust_remote_code=False to transformers and never runs such code",
+    )
     add_perp_arguments(p)
     p.set_defaults(func=run)
 
@@ -252,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
     args.no_progress = not progress_enabled(args)
     has_tokenizer = check_tokenizer(args)
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    model, tokenizer = load_model(args.model_dir, dtype)
+    model, tokenizer = load_model(args.model_dir, dtype, trust_remote_code=args.trust_remote_code)
     if not has_tokenizer:
         tokenizer = None  # never save the empty tokenizer transformers builds from a config
     text_tokenizer = tokenizer

@@ -33,7 +33,9 @@ def tokenize_file(path: str | Path, tokenizer: str | None = None) -> tuple[Tenso
             "tokenizer: needs the 'transformers' package (pip install prunekit[llm])"
         ) from err
     try:
-        tok = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(
+            tokenizer, local_files_only=True, trust_remote_code=False
+        )
     except Exception as err:
         raise ValueError(
             f"tokenizer: cannot load {tokenizer!r} from local files (give a local folder or a "

@@ -20,7 +20,6 @@ def _pyplot() -> Any:
 def _save(fig: Any, path: Path) -> Path:
     from prunekit.serialization import atomic_path
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     return path

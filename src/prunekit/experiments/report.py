@@ -386,7 +386,7 @@ def write_report(
     With ``latency`` the dense and final model of every run are timed on this machine and the
     tables gain measured columns.
     """
-    from prunekit.serialization import atomic_path
+    from prunekit.serialization import make_dirs, write_text_atomic
 
     skipped: list[tuple[str, str]] = []
     results = collect_results(directory, skipped)
@@ -402,7 +402,7 @@ def write_report(
         for r in results:
             r["measured_latency"] = measure_run_latency(r, latency, cache)
     target = Path(out) if out is not None else Path(directory)
-    target.mkdir(parents=True, exist_ok=True)
+    make_dirs(target)
     grouped = group_results(results)
     several = len(grouped) > 1
     groups = []
@@ -437,8 +437,7 @@ def write_report(
     files = {}
     csv_parts = [_group_csv(g, header=i == 0) for i, g in enumerate(groups)]
     for name, text in (("report.md", "".join(md)), ("report.csv", "".join(csv_parts))):
-        with atomic_path(target / name) as tmp:
-            tmp.write_text(text)
+        write_text_atomic(text, target / name)
         files[name] = str(target / name)
     if plots:
         from prunekit.experiments.plots import plot_accuracy, plot_layer_sparsity

@@ -51,13 +51,18 @@ from prunekit.masks import MaskSet
 from prunekit.prune import compute_masks, pruning_plan
 from prunekit.schedules import BIMP, GMP, IMP
 from prunekit.serialization import (
-    atomic_path,
     check_state_fits,
+    clean_stale_temps,
     load_safetensors,
+    make_dirs,
+    open_append,
+    open_lock,
+    output_root,
     read_json,
     read_safetensors,
     save_safetensors,
     write_json,
+    write_text_atomic,
 )
 from prunekit.training.lr import LRW, LRSchedule, make_lr_schedule, make_retrain_schedule
 from prunekit.training.recipes import GMPCallback, PruneSpec, TrainSpec, pruning_norm_change
@@ -108,8 +113,7 @@ class RunLog:
     def __call__(self, message: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {message}"
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a") as fh:
+            with open_append(self.path) as fh:  # O_NOFOLLOW: never appends to a planted link
                 fh.write(line + "\n")
         if not self.quiet:
             print(line, flush=True)
@@ -117,11 +121,15 @@ class RunLog:
 
 @contextlib.contextmanager
 def _locked(directory: Path) -> Iterator[None]:
-    """An exclusive lock on ``directory`` (parallel runs sharing a dense model wait for it)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "w") as fh:
+    """An exclusive lock on ``directory`` (parallel runs sharing a dense model wait for it).
+
+    Holding it, temp files a killed process left in ``directory`` are removed.
+    """
+    make_dirs(directory)
+    with open_lock(directory / ".lock") as fh:  # no truncation, no symlink
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
+            clean_stale_temps(directory)
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
@@ -440,7 +448,8 @@ def train_dense(cfg: ExperimentConfig, *, quiet: bool = True) -> dict[str, Any]:
     model = build_model(cfg, data)
     log = RunLog(dense_dir(cfg) / "log.txt", quiet=quiet)
     ctx = _Context(cfg, data, log, _original_schedule(cfg, data, _dense_schedule_name(cfg)))
-    return _dense_stage(ctx, model)
+    with output_root(cfg.output):
+        return _dense_stage(ctx, model)
 
 
 def _rewind_state(ctx: _Context, model: nn.Module, k: int) -> dict[str, torch.Tensor]:
@@ -538,7 +547,7 @@ def _phase(
         results.append(_read_stage_json(done))
         ctx.log(f"phase {j}: done, skipped")
         return masks
-    pdir.mkdir(parents=True, exist_ok=True)
+    make_dirs(pdir)
     if (pdir / "masks.safetensors").is_file():
         new = _load_masks(pdir / "masks.safetensors", model)
     else:
@@ -820,7 +829,7 @@ def _whole_recipe_stage(
         _load_output(model, sdir / "model.safetensors")
         stage = _read_stage_json(done)
         return _load_masks(sdir / "masks.safetensors", model), stage["phases"], stage["extra"]
-    sdir.mkdir(parents=True, exist_ok=True)
+    make_dirs(sdir)
     ctx.log(f"{p.schedule}: running the recipe in {sdir}")
     run = {"soups": _run_soups, "sfw": _run_sfw, "sap": _run_sap}[p.schedule]
     result = run(ctx, model, sdir)
@@ -898,7 +907,7 @@ def run_experiment(
         check_tracker(cfg.tracker)  # fails before anything is created when not installed
         check_device(cfg.train.device)
         check_sources(cfg)  # the user's model, data and checkpoint, before anything is created
-    with _locked(root):
+    with output_root(cfg.output), _locked(root):
         return _run_locked(cfg, quiet, store)
 
 
@@ -922,9 +931,8 @@ def _run_locked(cfg: ExperimentConfig, quiet: bool, store: ResultsStore | None) 
     tracker = make_tracker(cfg.tracker, cfg, root)  # fails early when not installed
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
-    root.mkdir(parents=True, exist_ok=True)
-    with atomic_path(root / "config.yaml") as tmp:
-        tmp.write_text(resolved_yaml(cfg))
+    make_dirs(root)
+    write_text_atomic(resolved_yaml(cfg), root / "config.yaml")
     store.record(root.name, chash, to_dict(cfg), "running", None, str(root), cfg.label)
     start = time.perf_counter()
     try:
@@ -962,7 +970,7 @@ def _run_locked(cfg: ExperimentConfig, quiet: bool, store: ResultsStore | None) 
             masks, phases = _prune_retrain_stages(ctx, model, root)
         masks.finalize(model)
         final_dir = root / "final"
-        final_dir.mkdir(exist_ok=True)
+        make_dirs(final_dir)
         from prunekit.export import save_compressed
 
         save_compressed({k: v.detach().cpu().clone() for k, v in model.state_dict().items()},

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.errors import DiskFullError, FileFormatError
+from prunekit.serialization import check_write_path, make_dirs
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -43,7 +44,7 @@ class ResultsStore:
 
     def __init__(self, root: str | os.PathLike[str], timeout: float = 60.0) -> None:
         self.path = Path(root) / "results.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path.parent)
         self.timeout = timeout
         self._retry(self._setup)
 
@@ -70,6 +71,8 @@ class ResultsStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
+        for suffix in ("", "-wal", "-shm", "-journal"):  # SQLite would follow a planted link
+            check_write_path(f"{self.path}{suffix}")
         try:
             db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
         except sqlite3.DatabaseError as err:

@@ -23,6 +23,7 @@ from prunekit.experiments.config import (
     resolve,
     runtime_of,
 )
+from prunekit.experiments.orphans import exit_with_parent
 from prunekit.experiments.store import ResultsStore
 from prunekit.experiments.typed import ConfigError, to_dict
 
@@ -107,7 +108,13 @@ def _arm_task(data: dict[str, Any], threads: int, runtime: dict[str, Any]) -> di
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    """Spawned workers that exit when this process dies, even by SIGKILL."""
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=exit_with_parent,
+        initargs=(os.getpid(),),
+    )
 
 
 def run_sweep(

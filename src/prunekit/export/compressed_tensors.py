@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from prunekit.serialization import atomic_path
+from prunekit.serialization import atomic_path, make_dirs, write_text_atomic
 
 __all__ = ["FORMATS", "load_compressed_tensors", "save_compressed_tensors"]
 
@@ -157,12 +157,11 @@ def save_compressed_tensors(
             "registry_requires_subclass": False,
         },
     }
-    target = Path(directory)
-    target.mkdir(parents=True, exist_ok=True)
+    target = make_dirs(directory)
     with atomic_path(target / WEIGHTS) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-    with atomic_path(target / CONFIG) as tmp:
-        tmp.write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+    write_text_atomic(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n",
+                      target / CONFIG)  # fmt: skip
     return target
 
 

@@ -103,13 +103,15 @@ def to_onnx(
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     nbytes += sum(b.numel() * b.element_size() for b in model.buffers())
     external = nbytes > _EXTERNAL_DATA_BYTES
-    target.parent.mkdir(parents=True, exist_ok=True)
+    from prunekit.serialization import TMP_PREFIX, TMP_SUFFIX, check_write_path, make_dirs
+
+    make_dirs(target.parent)
     # Save into a private folder beside the target, then move into place (atomic per file).
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmpdir = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=target.parent))
     try:
         program.save(str(tmpdir / target.name), external_data=external)
         for produced in sorted(tmpdir.iterdir(), key=lambda p: p.name == target.name):
-            os.replace(produced, target.parent / produced.name)  # graph last
+            os.replace(produced, check_write_path(target.parent / produced.name))  # graph last
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return target

@@ -11,6 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from prunekit.serialization import atomic_path, make_dirs
+
 __all__ = ["ActivationStore"]
 
 OFFLOAD_MODES = (None, "cpu", "disk")
@@ -41,8 +43,7 @@ class ActivationStore:
                 self._dir = Path(tempfile.mkdtemp(prefix="prunekit-activations-"))
                 self._own_dir = True
             else:
-                self._dir = Path(directory)
-                self._dir.mkdir(parents=True, exist_ok=True)
+                self._dir = make_dirs(directory)
         self._tag = f"{id(self):x}"
 
     def __len__(self) -> int:
@@ -55,7 +56,8 @@ class ActivationStore:
         if self.offload == "disk":
             assert self._dir is not None
             path = self._dir / f"act-{self._tag}-{index}.safetensors"
-            save_file({"x": tensor.contiguous().cpu()}, str(path))
+            with atomic_path(path) as tmp:  # never through a link planted in the folder
+                save_file({"x": tensor.contiguous().cpu()}, str(tmp))
             return path
         return tensor.to(self.device)
 

@@ -1,7 +1,9 @@
 """Loading models from a local directory and saving pruned ones (safetensors + masks + report).
 
 A Hugging Face directory (``config.json``) loads with ``from_pretrained``; prunekit's GPT is stored
-as ``model.safetensors`` whose metadata holds its config. Nothing is ever downloaded.
+as ``model.safetensors`` whose metadata holds its config. Nothing is ever downloaded, and code
+shipped in a model directory (``auto_map`` + ``.py`` files) never runs unless the caller passes
+``trust_remote_code=True``.
 """
 
 from __future__ import annotations
@@ -18,10 +20,17 @@ from torch import nn
 from prunekit.errors import FileFormatError
 from prunekit.masks import MaskSet
 from prunekit.report import sparsity_report
+from prunekit.safety import UnsafeFileError
 from prunekit.serialization import (
+    TMP_PREFIX,
+    TMP_SUFFIX,
     atomic_path,
     check_state_fits,
+    check_write_path,
+    clean_stale_temps,
+    file_mode,
     load_safetensors,
+    make_dirs,
     save_safetensors,
     write_json,
 )
@@ -49,11 +58,28 @@ def _transformers() -> Any:
     return transformers
 
 
-def load_model(path: str | os.PathLike, dtype: Any = None) -> tuple[nn.Module, Any]:
+def _remote_code_error(err: ValueError, config_file: Path, trust: bool) -> ValueError:
+    """transformers' refusal to run shipped code, as one line naming the file; else ``err``."""
+    if trust or "trust_remote_code" not in str(err):
+        return err
+    return UnsafeFileError(
+        f"{config_file}: the model needs Python code shipped in its folder, which prunekit "
+        "never runs unless asked (--trust-remote-code / trust_remote_code=True)"
+    )
+
+
+def load_model(
+    path: str | os.PathLike, dtype: Any = None, *, trust_remote_code: bool = False
+) -> tuple[nn.Module, Any]:
     """(model, tokenizer or None) from a local directory; never downloads.
+
+    ``trust_remote_code`` is passed to transformers' config, model and tokenizer loaders; it is
+    ``False`` unless the caller says otherwise, so ``.py`` files in ``path`` are never run.
 
     Raises:
         FileNotFoundError: ``path`` is not a directory holding a model.
+        UnsafeFileError: ``config.json`` names an architecture that is not a transformers model
+            class (and ``trust_remote_code`` is off).
     """
     root = Path(path)
     if not root.is_dir():
@@ -80,24 +106,36 @@ def load_model(path: str | os.PathLike, dtype: Any = None) -> tuple[nn.Module, A
     if not (root / "config.json").exists():
         raise FileNotFoundError(f"model: {str(root)!r} holds no config.json or model.safetensors")
     transformers = _transformers()
-    config = transformers.AutoConfig.from_pretrained(root, local_files_only=True)
+    trust = bool(trust_remote_code)
+    config_file = root / "config.json"
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            root, local_files_only=True, trust_remote_code=trust
+        )
+    except ValueError as err:
+        raise _remote_code_error(err, config_file, trust) from None
     cls = None
     for arch in getattr(config, "architectures", None) or []:
-        cls = getattr(transformers, arch, None)
-        if cls is not None:
+        found = getattr(transformers, arch, None) if isinstance(arch, str) else None
+        if isinstance(found, type) and issubclass(found, transformers.PreTrainedModel):
+            cls = found
             break
     if cls is None:
         cls = transformers.AutoModelForCausalLM
-    kwargs = {"local_files_only": True}
+    kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust}
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
         model = cls.from_pretrained(root, **kwargs)
     except SafetensorError as err:  # a truncated or corrupt weights file: name the folder
         raise FileFormatError(root, f"corrupt or truncated *.safetensors weights: {err}") from None
+    except ValueError as err:
+        raise _remote_code_error(err, config_file, trust) from None
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(root, local_files_only=True)
-    except Exception:  # a model directory without tokenizer files
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            root, local_files_only=True, trust_remote_code=trust
+        )
+    except Exception:  # a model directory without (usable) tokenizer files
         tokenizer = None
     return model.eval(), tokenizer
 
@@ -129,15 +167,22 @@ def save_pruned(
 ) -> Path:
     """Write the model (safetensors), its tokenizer, ``masks.safetensors`` and
     ``sparsity_report.json`` into ``directory``; files appear only once fully written."""
-    target = Path(directory)
-    target.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".prunekit-save-", dir=target))
+    target = make_dirs(directory)
+    clean_stale_temps(target)  # left by an earlier save that was killed
+    # A fresh folder of prunekit's temp naming: transformers writes only inside it.
+    staging = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + "save-", suffix=TMP_SUFFIX, dir=target))
     try:
         _save_model(model, staging)
         if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
             tokenizer.save_pretrained(staging)
-        for item in staging.iterdir():
-            os.replace(item, target / item.name)
+        items = sorted(staging.iterdir())
+        for item in items:  # check every target before publishing any
+            if item.is_symlink() or not item.is_file():
+                raise UnsafeFileError(f"refusing to publish {str(item)!r}: not a plain file")
+            check_write_path(target / item.name)
+        for item in items:
+            os.chmod(item, file_mode())  # as open() would; the staging folder is private
+            os.replace(item, check_write_path(target / item.name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     data: dict[str, Any] = {"pruning": report or {}}
@@ -151,10 +196,11 @@ def save_pruned(
 
 
 def load_pruned(
-    directory: str | os.PathLike, dtype: Any = None
+    directory: str | os.PathLike, dtype: Any = None, *, trust_remote_code: bool = False
 ) -> tuple[nn.Module, MaskSet | None, Any]:
-    """(model, masks or None, tokenizer or None) from a directory written by :func:`save_pruned`."""
-    model, tokenizer = load_model(directory, dtype)
+    """(model, masks or None, tokenizer or None) from a directory written by :func:`save_pruned`
+    (``trust_remote_code`` as in :func:`load_model`)."""
+    model, tokenizer = load_model(directory, dtype, trust_remote_code=trust_remote_code)
     path = Path(directory) / MASKS_FILE
     masks = MaskSet.load(path) if path.exists() else None
     if masks is not None:
@@ -213,10 +259,12 @@ def copy_source_files(source: str | os.PathLike, target: str | os.PathLike) -> l
             with atomic_path(dst / item.name) as tmp:
                 shutil.copyfile(item, tmp)
         elif item.is_dir():
-            staging = Path(tempfile.mkdtemp(prefix=f".{item.name}.", dir=dst))
+            staging = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=dst))
             try:
-                shutil.copytree(item, staging / item.name, symlinks=False, ignore=_skip_broken)
-                os.replace(staging / item.name, dst / item.name)
+                # copyfile, not copy2: files get the umask's mode, never the source's bits
+                shutil.copytree(item, staging / item.name, symlinks=False, ignore=_skip_broken,
+                                copy_function=shutil.copyfile)  # fmt: skip
+                os.replace(staging / item.name, check_write_path(dst / item.name))
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         else:

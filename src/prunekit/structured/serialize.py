@@ -1,17 +1,21 @@
 """Save a pruned model as safetensors + a JSON architecture spec; rebuild it without pickle.
 
-The spec names how to build the *original* architecture (a prunekit zoo name, an importable
-factory, or a Hugging Face class and config) and records, for every module, the shapes of its
+The spec names how to build the *original* architecture (a registered model name, a Hugging Face
+class and config, or a ``module:function`` factory) and records, for every module, the shapes of its
 tensors and its plain attributes (ints, floats, strings, tuples). Loading builds the model fresh,
 re-applies dropped blocks, reshapes tensors, restores attributes, then loads the weights.
+
+The spec is data: loading never imports a ``module:function`` because the file names it. It is
+built only from the model registry, a ``transformers`` class (no remote code), or a factory the
+caller passes in code (``factory=`` or ``allow_import=``); see :mod:`prunekit.safety`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +24,17 @@ from torch import nn
 
 from prunekit._device import device_of
 from prunekit.errors import FileFormatError, PrunekitError
+from prunekit.safety import UnsafeFileError, resolve_callable, resolve_transformers_class
 from prunekit.serialization import (
     check_state_fits,
     load_safetensors,
+    make_dirs,
     read_json,
     save_safetensors,
     write_json,
 )
 
-__all__ = ["load_pruned", "save_pruned"]
+__all__ = ["UnsafeFileError", "load_pruned", "save_pruned"]
 
 FORMAT = "prunekit.structured/1"
 _SIMPLE = (int, float, bool, str, type(None))
@@ -133,8 +139,7 @@ def save_pruned(
         spec = dict(factory)
     else:
         raise TypeError(f"factory: expected a str, dict or None, got {type(factory).__name__}")
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dirs(path)
     arch = {
         "format": FORMAT,
         "factory": spec,
@@ -150,33 +155,63 @@ def save_pruned(
     return out
 
 
-def _import(target: str) -> Any:
-    module, _, attr = target.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _build(spec: dict[str, Any], config: dict[str, Any] | None) -> nn.Module:
+def _build(
+    spec: Any,
+    config: dict[str, Any] | None,
+    source: Path,
+    factory: Callable[..., nn.Module] | None,
+    allow_import: Sequence[str] | str | None,
+) -> nn.Module:
+    if not isinstance(spec, dict):
+        raise ValueError(f"{source}: factory: expected a mapping, got {type(spec).__name__}")
+    kwargs = spec.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"{source}: factory.kwargs: expected a mapping")
     kind = spec.get("kind")
+    if factory is not None:
+        # The caller said in code how to build the architecture; the file only gives arguments.
+        return factory(**kwargs) if kind in ("zoo", "callable") else factory()
     if kind == "zoo":
         from prunekit.models import create_model
 
-        return create_model(spec["name"], **spec.get("kwargs", {}))
+        return create_model(spec.get("name"), **kwargs)
     if kind == "callable":
-        return _import(spec["name"])(**spec.get("kwargs", {}))
+        build = resolve_callable(
+            spec.get("name"), source=source, entry="factory.name", allow_import=allow_import
+        )
+        return build(**kwargs)
     if kind == "hf":
-        if config is None:
-            raise ValueError("architecture.json: a Hugging Face model needs its config")
-        config_cls = _import(spec["config_class"])
-        return _import(spec["class"])(config_cls.from_dict(config["values"]))
-    raise ValueError(f"architecture.json: unknown factory kind {kind!r}")
+        if not isinstance(config, dict) or not isinstance(config.get("values"), dict):
+            raise ValueError(f"{source}: a Hugging Face model needs its config")
+        cls = resolve_transformers_class(spec.get("class"), source=source, entry="factory.class")
+        config_cls = resolve_transformers_class(
+            spec.get("config_class"), source=source, entry="factory.config_class", kind="config"
+        )
+        values = dict(config["values"])
+        for key in ("auto_map", "trust_remote_code"):
+            values.pop(key, None)  # remote code is never followed from a saved config
+        return cls(config_cls.from_dict(values))
+    raise ValueError(f"{source}: factory.kind: expected 'zoo', 'callable' or 'hf', got {kind!r}")
 
 
-def load_pruned(path: str | os.PathLike[str], map_location: str = "cpu") -> nn.Module:
-    """Rebuild a model written by :func:`save_pruned` (no pickle is involved)."""
+def load_pruned(
+    path: str | os.PathLike[str],
+    map_location: str = "cpu",
+    *,
+    factory: Callable[..., nn.Module] | None = None,
+    allow_import: Sequence[str] | str | None = None,
+) -> nn.Module:
+    """Rebuild a model written by :func:`save_pruned` (no pickle, no code named by the file).
 
+    The architecture is built from a registered model name or a ``transformers`` class named in
+    ``architecture.json``. A model saved with a ``"module:function"`` factory needs the caller's
+    consent: pass the function itself (``factory=build``, called with the saved keyword
+    arguments) or the packages it may come from (``allow_import=["mypkg"]``).
+
+    Raises:
+        UnsafeFileError: the file names a callable outside the registry, ``transformers`` and
+            ``allow_import``.
+    """
     root = Path(path)
     arch_file = root / "architecture.json"
     if not arch_file.is_file():
@@ -189,7 +224,7 @@ def load_pruned(path: str | os.PathLike[str], map_location: str = "cpu") -> nn.M
     state, _ = load_safetensors(root / "model.safetensors")
     derived = {k[len(_DERIVED) :]: state.pop(k) for k in list(state) if k.startswith(_DERIVED)}
     try:
-        model = _rebuild(arch, arch_file, {**state, **derived})
+        model = _rebuild(arch, arch_file, {**state, **derived}, factory, allow_import)
     except PrunekitError:
         raise
     except (KeyError, TypeError, AttributeError, IndexError, ValueError, ImportError) as err:
@@ -205,11 +240,17 @@ def load_pruned(path: str | os.PathLike[str], map_location: str = "cpu") -> nn.M
     return model
 
 
-def _rebuild(arch: dict[str, Any], arch_file: Path, state: dict[str, torch.Tensor]) -> nn.Module:
+def _rebuild(
+    arch: dict[str, Any],
+    arch_file: Path,
+    state: dict[str, torch.Tensor],
+    factory: Callable[..., nn.Module] | None,
+    allow_import: Sequence[str] | str | None,
+) -> nn.Module:
     """The model described by ``architecture.json``, with parameters shaped as stored."""
     if arch.get("format") != FORMAT:
         raise ValueError(f"path: unsupported format {arch.get('format')!r}, expected {FORMAT!r}")
-    model = _build(arch["factory"], arch.get("config"))
+    model = _build(arch.get("factory"), arch.get("config"), arch_file, factory, allow_import)
     if arch.get("depth"):
         from prunekit.structured.depth import drop_blocks
 
@@ -245,6 +286,9 @@ def _rebuild(arch: dict[str, Any], arch_file: Path, state: dict[str, torch.Tenso
                     device=device_of(module),
                 )
         for key, value in rec["attrs"].items():
+            if key.startswith("_") or callable(getattr(type(module), key, None)):
+                # only plain attributes are saved; a file must not shadow methods or internals
+                raise UnsafeFileError(f"{arch_file}: modules.{name}.attrs: refusing key {key!r}")
             setattr(module, key, _decode(value))
     config = arch.get("config")
     if config and config["kind"] == "dataclass" and getattr(model, "config", None) is not None:

@@ -30,7 +30,7 @@ from prunekit._device import resolve_device
 from prunekit.data.base import DatasetBundle, TensorData
 from prunekit.masks import MaskSet
 from prunekit.schedules import IMP
-from prunekit.serialization import write_json
+from prunekit.serialization import make_dirs, write_json
 from prunekit.soups import (
     _variant_digest,
     ingredient_variants,
@@ -383,7 +383,7 @@ def run_soups(
             callbacks=tuple(callbacks),
         )
         if phase_dir is not None:
-            phase_dir.mkdir(parents=True, exist_ok=True)
+            make_dirs(phase_dir)
             if rank == 0:
                 new.save(phase_dir / "masks.safetensors")
         phase = run_soup_phase(
