@@ -98,10 +98,10 @@ def _constraints() -> dict[str, str]:
 
 def _data_scores() -> dict[str, str] | None:
     try:  # the data-pruning scores, where this installation has them
-        from prunekit.data_pruning import DATA_SCORES
+        from prunekit.data_pruning import list_sections
     except ImportError:
         return None
-    return DATA_SCORES.describe()
+    return list_sections()["data scores"]
 
 
 def _models() -> dict[str, str]:

@@ -41,7 +41,13 @@ def run(args: argparse.Namespace) -> int:
     result = run_experiment(cfg, quiet=args.quiet)
     final = result["final"]
     acc = f"test_top1={final['test_top1']:.4f}" if "test_top1" in final else str(final)
-    print(f"{result['method']}: sparsity {result['sparsity']:.4f}, {acc}")
+    dp = result.get("data_prune")
+    level = (
+        f"kept {dp['kept']} of {dp['num_examples']} examples"
+        if dp
+        else f"sparsity {result['sparsity']:.4f}"
+    )
+    print(f"{result['method']}: {level}, {acc}")
     print(f"outputs: {result['run_dir']}")
     return 0
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from prunekit.experiments.data_prune_config import DataPruneConfig
 from prunekit.experiments.typed import ConfigError, from_dict, set_path, to_dict
 from prunekit.experiments.yamlio import YAMLError, load_yaml
 from prunekit.registry import Registry
@@ -24,6 +25,7 @@ from prunekit.registry import Registry
 __all__ = [
     "ConfigError",
     "DataConfig",
+    "DataPruneConfig",
     "ExperimentConfig",
     "MetricsConfig",
     "ModelConfig",
@@ -501,11 +503,22 @@ class SweepConfig:
     seeds: list[int] = field(default_factory=list)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     workers: int = 1
+    # data pruning: kept fractions x data scores (see DataPruneConfig)
+    fractions: list[float] = field(default_factory=list)
+    scores: list[str] = field(default_factory=list)
 
     def validate(self, path: str) -> None:
         for i, s in enumerate(self.sparsities):
             if not 0.0 <= s < 1.0:
                 raise ConfigError(f"{_key(path, 'sparsities')}[{i}]: expected a fraction in [0, 1)")
+        for i, f in enumerate(self.fractions):
+            if not 0.0 < f <= 1.0:
+                raise ConfigError(f"{_key(path, 'fractions')}[{i}]: expected a fraction in (0, 1]")
+        if self.scores:
+            from prunekit.data_pruning import DATA_SCORES
+
+            for i, name in enumerate(self.scores):
+                _choice(f"{_key(path, 'scores')}[{i}]", name, DATA_SCORES.names(), "data score")
         if self.workers < 1:
             raise ConfigError(f"{_key(path, 'workers')}: expected a positive integer")
 
@@ -527,6 +540,7 @@ class ExperimentConfig:
     output: str = "results"
     tracker: Literal["none", "mlflow", "wandb"] = "none"
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    data_prune: DataPruneConfig = field(default_factory=DataPruneConfig)
     # Not config keys: where the config came from. ``allow_import`` is True only for the config
     # file the user gives on the command line (or code that says so); a config re-read from a
     # run directory never imports ``model.factory`` / ``data.factory``.
@@ -540,6 +554,11 @@ class ExperimentConfig:
     )
 
     def validate(self, path: str) -> None:
+        if self.data_prune.enabled and self.prune.schedule != "one_shot":
+            raise ConfigError(
+                "data_prune: a data-pruning run trains on the kept subset and prunes no weights; "
+                f"prune.schedule {self.prune.schedule!r} is not used there (leave it out)"
+            )
         if self.dense_checkpoint is not None:
             self.checkpoint_digest = (self.dense_checkpoint, _file_digest(self.dense_checkpoint))
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.name):
@@ -560,6 +579,8 @@ class ExperimentConfig:
         """The method label used in reports (``method`` or criterion/allocation/schedule)."""
         if self.method:
             return self.method
+        if self.data_prune.enabled:
+            return self.data_prune.label()
         p = self.prune
         if p.schedule == "sfw":
             # the criterion is not used: name the optimizer and the compression
@@ -703,6 +724,8 @@ def hashed_dict(cfg: ExperimentConfig) -> dict[str, Any]:
         for key in keys:
             if data[section].get(key) is None:
                 data[section].pop(key, None)
+    if not cfg.data_prune.enabled:
+        data.pop("data_prune", None)  # runs without data pruning keep their hashes
     return data
 
 

@@ -384,17 +384,21 @@ def write_report(
     ``skipped``: unreadable results, also warned about under the tables); files go to ``out``
     (default ``directory``).
     With ``latency`` the dense and final model of every run are timed on this machine and the
-    tables gain measured columns.
+    tables gain measured columns. Data-pruning runs get their own accuracy-vs-kept-fraction
+    table per group (``fraction_groups``), ``report_data_pruning.csv`` and
+    ``accuracy_vs_kept_fraction[_<dataset>_<model>].png``.
     """
+    from prunekit.experiments import data_prune_report as dpr
     from prunekit.serialization import make_dirs, write_text_atomic
 
     skipped: list[tuple[str, str]] = []
-    results = collect_results(directory, skipped)
-    if not results:
+    everything = collect_results(directory, skipped)
+    if not everything:
         unreadable = f"; {len(skipped)} unreadable: {skipped[0][0]!r} ..." if skipped else ""
         raise ValueError(
             f"directory: no finished runs (result.json) under {str(directory)!r}{unreadable}"
         )
+    results, data_runs = dpr.split(everything)
     if latency is not None:
         from prunekit.experiments.latency import measure_run_latency
 
@@ -415,11 +419,16 @@ def write_report(
     table = "\n\n".join(
         (title.format(g=g, n=len(g["runs"])) + "\n" if several else "") + g["table"] for g in groups
     )
+    fraction_groups = dpr.fraction_groups(data_runs, group_results)
+    several_data = len(fraction_groups) > 1
+    for g in fraction_groups:
+        head = f"data pruning, {g['dataset']} / {g['model']}: {len(g['runs'])} runs\n"
+        table = "\n\n".join(t for t in (table, head + g["table"]) if t)
     notes = skipped_lines(skipped)
     if notes:
         table += "\n" + "\n".join(notes)
     md = [
-        f"# prunekit report\n\n{len(results)} runs under `{directory}`, one table per data set "
+        f"# prunekit report\n\n{len(everything)} runs under `{directory}`, one table per data set "
         "and model; accuracy = the metric named in each table (mean and sample std over seeds); "
         "MACs per example (ShrinkBench definitions); MACs speedup = dense / non-zero MACs "
         "(theoretical).\n"
@@ -433,10 +442,17 @@ def write_report(
     for g in groups:
         md.append(f"\n## {g['dataset']} / {g['model']} ({len(g['runs'])} runs)\n\n")
         md.append(markdown_table(g["rows"], g["metric"]))
+    for g in fraction_groups:
+        md.append(f"\n## Data pruning: accuracy vs kept fraction, {g['dataset']} / {g['model']} "
+                  f"({len(g['runs'])} runs)\n\n")  # fmt: skip
+        md.append(dpr.fraction_table(g["rows"], g["metric"], markdown=True))
     md.extend(f"\n{line}\n" for line in notes)
     files = {}
     csv_parts = [_group_csv(g, header=i == 0) for i, g in enumerate(groups)]
-    for name, text in (("report.md", "".join(md)), ("report.csv", "".join(csv_parts))):
+    texts = [("report.md", "".join(md)), ("report.csv", "".join(csv_parts))]
+    if fraction_groups:
+        texts.append(("report_data_pruning.csv", dpr.fraction_groups_csv(fraction_groups)))
+    for name, text in texts:
         write_text_atomic(text, target / name)
         files[name] = str(target / name)
     if plots:
@@ -451,14 +467,22 @@ def write_report(
             files[path.name] = str(path)
             for path in plot_layer_sparsity(g["runs"], target, suffix=suffix):
                 files[path.name] = str(path)
+        for g in fraction_groups:
+            suffix = f"_{_slug((g['dataset'], g['model']))}" if several_data else ""
+            path = dpr.plot_fractions(
+                g["rows"], target / f"accuracy_vs_kept_fraction{suffix}.png", g["metric"]
+            )
+            files[path.name] = str(path)
     return {
         "groups": groups,
         "rows": [row for g in groups for row in g["rows"]],
         "table": table,
         "files": files,
-        "runs": results,
-        "metric": groups[0]["metric"],
+        "runs": everything,
+        "metric": (groups or fraction_groups)[0]["metric"],
         "skipped": skipped,
+        "fraction_groups": fraction_groups,
+        "fraction_rows": [row for g in fraction_groups for row in g["rows"]],
     }
 
 

@@ -89,7 +89,12 @@ def run_dir(cfg: ExperimentConfig) -> Path:
     parts = [cfg.name]
     if cfg.method:
         label = re.sub(r"[^A-Za-z0-9_.\-]", "_", cfg.method)
-        parts += [label, f"sp{round(cfg.prune.sparsity * 100, 2):g}", f"seed{cfg.seed}"]
+        level = (
+            f"keep{round(cfg.data_prune.fraction * 100, 2):g}"
+            if cfg.data_prune.enabled
+            else f"sp{round(cfg.prune.sparsity * 100, 2):g}"
+        )
+        parts += [label, level, f"seed{cfg.seed}"]
     return Path(cfg.output) / "runs" / "-".join([*parts, config_hash(cfg)[:10]])
 
 
@@ -944,7 +949,12 @@ def _run_locked(cfg: ExperimentConfig, quiet: bool, store: ResultsStore | None) 
         if cfg.prune.schedule not in (*TRAINING_SCHEDULES, *RECIPE_SCHEDULES):
             _phases(ctx)  # schedule errors surface before any training
         recipe_extra: dict[str, Any] = {}
-        if cfg.prune.schedule == "sfw":
+        if cfg.data_prune.enabled:
+            from prunekit.experiments.data_prune_stage import data_prune_stage
+
+            dense, masks, phases, recipe_extra = data_prune_stage(ctx, model, root)
+            dense_iterations = dense["iterations"]
+        elif cfg.prune.schedule == "sfw":
             dense = {"metrics": {}, "iterations": 0}
             with stamps.stamped(chash, "recipe"):
                 masks, phases, recipe_extra = _whole_recipe_stage(ctx, model, root)

@@ -23,6 +23,7 @@ from prunekit.experiments.config import (
     resolve,
     runtime_of,
 )
+from prunekit.experiments.data_prune_config import data_prune_axes
 from prunekit.experiments.orphans import exit_with_parent
 from prunekit.experiments.store import ResultsStore
 from prunekit.experiments.typed import ConfigError, to_dict
@@ -38,6 +39,7 @@ class Arm:
     sparsity: float
     seed: int
     config: ExperimentConfig
+    fraction: float | None = None  # kept fraction of a data-pruning arm
 
 
 @dataclass
@@ -56,6 +58,11 @@ def expand(cfg: ExperimentConfig) -> list[Arm]:
     sparsities = sweep["sparsities"] or [cfg.prune.sparsity]
     seeds = sweep["seeds"] or [cfg.seed]
     methods = sweep["methods"] or {cfg.label: {}}
+    level_key = "prune.sparsity"
+    data_axes = data_prune_axes(base, sweep, sweep["methods"])
+    if data_axes is not None:  # a data-pruning grid: kept fractions instead of sparsities
+        methods, level_key, sparsities = data_axes
+        methods = methods or {cfg.label: {}}
     arms = []
     single: set[tuple[str, Any]] = set()
     for seed in seeds:
@@ -67,7 +74,7 @@ def expand(cfg: ExperimentConfig) -> list[Arm]:
                 )
             for sparsity in sparsities:
                 pairs = [(k, v) for k, v in overrides.items()]
-                pairs += [("prune.sparsity", sparsity), ("seed", seed), ("method", label)]
+                pairs += [(level_key, sparsity), ("seed", seed), ("method", label)]
                 try:
                     arm_cfg = resolve(base, pairs, **runtime_of(cfg))
                 except ConfigError as err:
@@ -77,6 +84,9 @@ def expand(cfg: ExperimentConfig) -> list[Arm]:
                     if (label, seed) in single:
                         continue
                     single.add((label, seed))
+                if data_axes is not None:
+                    arms.append(Arm(label, arm_cfg.prune.sparsity, int(seed), arm_cfg, sparsity))
+                    continue
                 arms.append(Arm(label, float(sparsity), int(seed), arm_cfg))
     return arms
 
@@ -143,13 +153,15 @@ def run_sweep(
     )
     dense: dict[str, ExperimentConfig] = {}
     for arm in todo:
-        if arm.config.prune.schedule not in TRAINING_SCHEDULES:
+        if arm.config.prune.schedule not in TRAINING_SCHEDULES or arm.config.data_prune.enabled:
             dense.setdefault(str(dense_dir(arm.config)), arm.config)
     threads = _threads(cfg, workers)
     failed: dict[str, str] = {}
     results: list[dict[str, Any]] = []
 
     def label(arm: Arm) -> str:
+        if arm.fraction is not None:
+            return f"{arm.method} kept={arm.fraction:g} seed={arm.seed}"
         return f"{arm.method} sparsity={arm.sparsity:g} seed={arm.seed}"
 
     if workers == 1:

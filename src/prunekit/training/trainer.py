@@ -316,12 +316,16 @@ class Trainer:
             self._perm_cache = (epoch, local)
         return self._perm_cache[1]
 
-    def batch_at(self, iteration: int) -> tuple[Tensor, Tensor]:
-        """The training batch of ``iteration`` (a pure function of seed, iteration and rank)."""
+    def batch_indices(self, iteration: int) -> Tensor:
+        """Indices into ``train_data`` of the batch of ``iteration`` (callbacks that keep
+        per-example statistics use them; a pure function of seed, iteration and rank)."""
         epoch, index = divmod(iteration, self.iters_per_epoch)
         order = self._epoch_order(epoch)
-        idx = order[index * self.batch_size : (index + 1) * self.batch_size]
-        x, y = self.train_data[idx]
+        return order[index * self.batch_size : (index + 1) * self.batch_size]
+
+    def batch_at(self, iteration: int) -> tuple[Tensor, Tensor]:
+        """The training batch of ``iteration`` (a pure function of seed, iteration and rank)."""
+        x, y = self.train_data[self.batch_indices(iteration)]
         if self.augment is not None:
             gen = torch.Generator().manual_seed(
                 (self.seed * 7_919 + iteration * 104_729 + self.rank) % (2**63)
