@@ -64,7 +64,9 @@ class ScoreContext:
             first = next(self.model.parameters(), None)
             if first is not None:
                 return first.device
-        return torch.device(self.train.device or "cpu")
+        if self.train.device is not None:
+            return torch.device(self.train.device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def fresh_model(self, seed: int) -> nn.Module:
         if self.make_model is None:
