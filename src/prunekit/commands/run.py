@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         cfg.output = args.out
     apply_common(cfg, args)
-    if cfg.sweep.sparsities or cfg.sweep.methods or cfg.sweep.seeds:
+    sw = cfg.sweep
+    if sw.sparsities or sw.methods or sw.seeds or sw.fractions or sw.scores:
         print("note: this config has a 'sweep' section; 'prunekit run' runs the base config only "
               "(use 'prunekit sweep' for the grid)")  # fmt: skip
     if args.dry_run:
