@@ -214,17 +214,20 @@ def test_scores_are_cached_with_the_fingerprint_and_reused(tmp_path, monkeypatch
     }
 
 
+class Items(torch.utils.data.Dataset):
+    """A plain map-style dataset of (x, y) items."""
+
+    def __init__(self, y):
+        self.y = y
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return X[i], self.y[i]
+
+
 def test_fingerprint_reads_map_style_datasets_and_sees_label_changes():
-    class Items(torch.utils.data.Dataset):
-        def __init__(self, y):
-            self.y = y
-
-        def __len__(self):
-            return 4
-
-        def __getitem__(self, i):
-            return X[i], self.y[i]
-
     assert fingerprint(Items(Y)) == fingerprint(TensorData(X, Y))
     assert fingerprint(Items(1 - Y)) != fingerprint(TensorData(X, Y))
 
@@ -242,3 +245,13 @@ def test_training_on_an_index_view_equals_training_on_a_copied_subset():
     assert torch.equal(weights[0], weights[1])
     with pytest.raises(ValueError, match="indices: expected positions in"):
         IndexView(data, torch.tensor([50]))
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("el2n", {"runs": 1, "epochs": 1}), ("grand", {"runs": 1, "epochs": 1}),
+     ("forgetting", {"epochs": 2})],
+)  # fmt: skip
+def test_scores_of_a_map_style_dataset_equal_those_of_tensors(name, options):
+    want = compute_scores(name, ctx(), **options)
+    assert torch.equal(compute_scores(name, ctx(data=Items(Y)), **options), want)

@@ -1084,6 +1084,11 @@ def dry_run(
     out(resolved_yaml(cfg).rstrip())
     out(f"# run directory: {run_dir(cfg)}")
     out(f"# config hash: {config_hash(cfg)}")
+    if cfg.data_prune.enabled:
+        dp = cfg.data_prune
+        out(f"# data pruning: score {dp.score}, keep {dp.keep} {dp.fraction:g} of the training "
+            "set; no weights are pruned")  # fmt: skip
+        return {}
     data = build_data(cfg)
     model = build_model(cfg, data)
     # Plan on the dense model when it exists already (the plan at initialisation can differ).
