@@ -78,7 +78,7 @@ def test_cli_run_saves_the_selection_and_reuses_scores(tmp_path, capsys):
     second = load_config(config, sets)
     r2 = json.loads((run_dir(second) / "result.json").read_text())["data_prune"]
     assert r2["scores_reused"] and r2["scores_file"] == dp["scores_file"]
-    assert r2["rule"] == "hard" and r2["kd"] == {"alpha": 0.5, "tau": 4.0}
+    assert r2["rule"] == "hard" and r2["kd"] == {"alpha": 0.5, "tau": 4.0, "teacher": "dense"}
     assert r2["iterations"] == 20 and r2["kept"] == 881
 
 
@@ -146,3 +146,52 @@ def test_list_shows_the_data_scores(capsys):
     for name in ("el2n", "grand", "forgetting", "prototypes", "random"):
         assert f"\n{name} " in out
     assert "[data, no labels]" in out
+
+
+def test_kd_teacher_from_a_file_and_a_clear_error_when_missing(tmp_path, capsys):
+    from prunekit.experiments.runner import dense_dir
+
+    config = _write(tmp_path, {**BASE, "output": str(tmp_path / "o"),
+                               "data_prune": {"score": "random", "fraction": 0.5}})  # fmt: skip
+    missing = str(tmp_path / "nope.safetensors")
+    assert main(["run", config, "--quiet", "--set", "data_prune.kd.alpha=0.5",
+                 "--set", f"data_prune.kd.teacher={missing}"]) == 2  # fmt: skip
+    assert f"data_prune.kd.teacher: no such file {missing!r}" in capsys.readouterr().err
+    teacher = str(dense_dir(load_config(config)) / "model.safetensors")
+    sets = ["data_prune.kd.alpha=0.5", f"data_prune.kd.teacher={teacher}"]
+    assert main(["run", config, "--quiet", *[a for s in sets for a in ("--set", s)]]) == 0
+    from_file = json.loads((run_dir(load_config(config, sets)) / "result.json").read_text())
+    default = run_experiment(load_config(config, sets[:1]), quiet=True)
+    assert from_file["data_prune"]["kd"]["teacher"] == teacher
+    assert from_file["final"] == default["final"]  # the file holds the dense model
+
+
+def test_report_puts_the_kept_fraction_table_next_to_the_weight_pruning_one(tmp_path):
+    from prunekit.experiments.report import write_report
+
+    def result(name, seed, acc, **extra):
+        run = tmp_path / "runs" / f"{name}-{seed}"
+        run.mkdir(parents=True)
+        data = {"method": name, "seed": seed, "final": {"test_top1": acc},
+                "dense": {"test_top1": 0.9}, "iterations": {"dense": 10}, **extra}  # fmt: skip
+        (run / "result.json").write_text(json.dumps(data))
+
+    result("magnitude", 0, 0.8, target_sparsity=0.9)
+    dp = {"fraction": 0.5, "kept": 50, "num_examples": 100, "iterations": 5}
+    result("el2n-hard", 0, 0.6, target_sparsity=0.0, data_prune=dp)
+    result("el2n-hard", 1, 0.7, target_sparsity=0.0, data_prune=dp)
+    rep = write_report(tmp_path, tmp_path / "rep")
+    assert [(r.method, r.sparsity) for r in rep["rows"]] == [("dense", 0.0), ("magnitude", 0.9)]
+    [dense, row] = rep["fraction_rows"]
+    assert (dense.method, row.method, row.fraction, row.seeds) == (
+        "dense",
+        "el2n-hard",
+        0.5,
+        [0, 1],
+    )
+    assert row.accuracy == pytest.approx(0.65) and row.std == pytest.approx(0.0707107, rel=1e-5)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert (
+        "| magnitude | 90.00% |" in md and "| el2n-hard | 50% | 2 | 65.00 | 7.07 | 50 | 5 |" in md
+    )
+    assert {"accuracy_vs_sparsity.png", "accuracy_vs_kept_fraction.png"} <= set(rep["files"])

@@ -12,10 +12,12 @@ __all__ = ["DataPruneConfig", "KDConfig", "data_prune_axes"]
 
 @dataclass
 class KDConfig:
-    """Distillation on the kept subset: ``alpha`` = 0 turns it off; ``tau`` the temperature."""
+    """Distillation on the kept subset: ``alpha`` = 0 turns it off; ``tau`` the temperature;
+    ``teacher``: a state_dict file of the same architecture (default: the run's dense model)."""
 
     alpha: float = 0.0
     tau: float = 4.0
+    teacher: str | None = None
 
     def validate(self, path: str) -> None:
         if not 0.0 <= self.alpha <= 1.0:

@@ -3,8 +3,9 @@
 Outputs (``<run>/data_prune/``): ``selection.safetensors`` (the kept indices, with the score,
 fraction, rule and data fingerprint), ``model.safetensors`` and ``stage.json`` (written last).
 Scores are shared by every run with the same dense settings, score and options:
-``<output>/data_scores/<hash>/scores.safetensors``. The teacher is the run's dense model; the
-subset training checkpoints in ``<run>/data_prune/ckpt`` and resumes from there.
+``<output>/data_scores/<hash>/scores.safetensors``. The teacher is the run's dense model unless
+``data_prune.kd.teacher`` names a state_dict file; the subset training checkpoints in
+``<run>/data_prune/ckpt`` and resumes from there.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from prunekit.experiments.runner import (
     _train_spec,
     build_model,
     model_kwargs,
+    read_state_dict,
 )
 from prunekit.masks import MaskSet
 from prunekit.serialization import load_safetensors, save_safetensors, write_json
@@ -123,6 +125,17 @@ def _selection(ctx: _Context, teacher: nn.Module, sdir: Path) -> tuple[torch.Ten
     return chosen.indices, meta
 
 
+def _load_teacher(teacher: nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"data_prune.kd.teacher: no such file {str(path)!r}")
+    try:
+        teacher.load_state_dict(read_state_dict(path))
+    except RuntimeError as err:
+        raise ValueError(
+            f"data_prune.kd.teacher: {str(path)!r} does not fit the model of this run: {err}"
+        ) from None
+
+
 def data_prune_stage(
     ctx: _Context, model: nn.Module, root: Path
 ) -> tuple[dict[str, Any], MaskSet, list[dict[str, Any]], dict[str, Any]]:
@@ -158,7 +171,10 @@ def data_prune_stage(
     )
     if kd:
         teacher = build_model(cfg, ctx.data)
-        teacher.load_state_dict(model.state_dict())
+        if dp.kd.teacher is None:
+            teacher.load_state_dict(model.state_dict())
+        else:
+            _load_teacher(teacher, Path(dp.kd.teacher))
         trainer: Trainer = DistillTrainer(
             student, subset, teacher=teacher, alpha=dp.kd.alpha, tau=dp.kd.tau, **kwargs
         )
@@ -183,7 +199,9 @@ def data_prune_stage(
         "target_sparsity": 0.0,
         "data_prune": {
             **meta,
-            "kd": {"alpha": dp.kd.alpha, "tau": dp.kd.tau} if kd else None,
+            "kd": {"alpha": dp.kd.alpha, "tau": dp.kd.tau, "teacher": dp.kd.teacher or "dense"}
+            if kd
+            else None,
             "budget": dp.budget,
             "iterations": its,
             "selection_file": str(sdir / "selection.safetensors"),
