@@ -109,6 +109,9 @@ def test_distill_trainer_trains_on_the_kd_loss_of_each_batch():
     trainer.fit()
     assert cb.seen == [pytest.approx(want, rel=1e-6)]
     assert all(not p.requires_grad for p in teacher.parameters())
+    with pytest.raises(ValueError, match="loss_fn: the DistillTrainer's loss is kd_loss"):
+        DistillTrainer(student, data, teacher=teacher, alpha=0.5, tau=2.0, iterations=1,
+                       loss_fn=F.cross_entropy)  # fmt: skip
 
 
 def test_budgets():

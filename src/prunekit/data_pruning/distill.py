@@ -59,6 +59,12 @@ class DistillTrainer(Trainer):
         _check_kd(alpha, tau)
         if not isinstance(teacher, nn.Module):
             raise TypeError(f"teacher: expected an nn.Module, got {type(teacher).__name__}")
+        if kwargs.get("loss_fn") is not None:
+            raise ValueError("loss_fn: the DistillTrainer's loss is kd_loss; leave loss_fn out")
+        if kwargs.get("task", "classification") != "classification":
+            raise ValueError(
+                f"task: distillation supports 'classification', got {kwargs['task']!r}"
+            )
         super().__init__(model, train_data, **kwargs)
         self.teacher = teacher.to(self.device).eval()
         for p in self.teacher.parameters():
