@@ -41,6 +41,7 @@ def _write(tmp_path, data, name="c.yaml") -> str:
         ("data_prune.budget=steps", "data_prune.budget: expected one of 'epochs', 'iterations'"),
         ("prune.schedule=gmp", "data_prune: a data-pruning run trains on the kept subset"),
         ("sweep.scores=[el2n, foo]", "sweep.scores[1]: unknown data score 'foo'"),
+        ("sweep={fractions: [0.5], sparsities: [0.9]}", "sweep.sparsities: a data-pruning sweep"),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, capsys, override, message):

@@ -514,6 +514,11 @@ class SweepConfig:
         for i, f in enumerate(self.fractions):
             if not 0.0 < f <= 1.0:
                 raise ConfigError(f"{_key(path, 'fractions')}[{i}]: expected a fraction in (0, 1]")
+        if self.sparsities and (self.fractions or self.scores):
+            raise ConfigError(
+                f"{_key(path, 'sparsities')}: a data-pruning sweep varies {_key(path, 'fractions')}"
+                " and prunes no weights; leave sparsities out"
+            )
         if self.scores:
             from prunekit.data_pruning import DATA_SCORES
 
