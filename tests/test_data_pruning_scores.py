@@ -255,3 +255,38 @@ def test_training_on_an_index_view_equals_training_on_a_copied_subset():
 def test_scores_of_a_map_style_dataset_equal_those_of_tensors(name, options):
     want = compute_scores(name, ctx(), **options)
     assert torch.equal(compute_scores(name, ctx(data=Items(Y)), **options), want)
+
+
+def test_interrupted_score_training_resumes_to_the_same_forgetting_counts(tmp_path, monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    data = TensorData(torch.randn(40, 5, generator=g), torch.randint(0, 3, (40,), generator=g))
+
+    def make(seed):
+        torch.manual_seed(seed)
+        return nn.Linear(5, 3)
+
+    spec = TrainSpec(epochs=3, batch_size=8, lr=0.2, lr_schedule="cosine", device="cpu")
+    base = dict(data=data, num_classes=3, make_model=make, train=spec, seed=4)
+    want = compute_scores("forgetting", ScoreContext(**base))
+    real_save = Trainer.save
+
+    def save_then_die(self, path=None):
+        out = real_save(self, path)
+        if self.iteration == 6:
+            raise KeyboardInterrupt("killed")
+        return out
+
+    monkeypatch.setattr(Trainer, "save", save_then_die)
+    resumable = ScoreContext(**base, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=3)
+    with pytest.raises(KeyboardInterrupt):
+        compute_scores("forgetting", resumable)
+    monkeypatch.setattr(Trainer, "save", real_save)
+    assert (tmp_path / "ckpt" / "seed4" / "checkpoint.safetensors").is_file()
+    steps = []
+    real_step = Trainer.train_step
+    monkeypatch.setattr(
+        Trainer, "train_step", lambda self, x, y: steps.append(1) or real_step(self, x, y)
+    )
+    assert torch.equal(compute_scores("forgetting", resumable), want)
+    assert len(steps) == 15 - 6  # resumed from iteration 6 of 3 epochs x 5 batches
+    assert torch.isfinite(want).sum() > 0

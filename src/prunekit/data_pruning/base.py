@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,6 +46,9 @@ class ScoreContext:
         batch_size: examples per forward pass when scoring.
         device: where scoring runs (default: the device of ``model`` or CPU).
         augment: train-time augmentation ``f(x, generator) -> x`` for score trainings.
+        checkpoint_dir: when set, score trainings checkpoint in ``<checkpoint_dir>/seed<s>``
+            every ``checkpoint_every`` iterations and resume from there (an interrupted
+            scoring picks up where it stopped; forgetting counts are part of the checkpoint).
     """
 
     data: Any
@@ -56,6 +60,8 @@ class ScoreContext:
     batch_size: int = 256
     device: torch.device | str | None = None
     augment: Any = None
+    checkpoint_dir: str | Path | None = None
+    checkpoint_every: int | None = None
 
     def resolved_device(self) -> torch.device:
         if self.device is not None:

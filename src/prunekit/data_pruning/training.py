@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 from torch import nn
 
@@ -37,6 +38,7 @@ def train_for_score(
         return model
     full = max(its, int(round(t.epochs * per_epoch)))
     optimizer = make_optimizer(model, t.optimizer, t.lr, t.momentum, t.weight_decay, t.nesterov)
+    ckpt = None if ctx.checkpoint_dir is None else Path(ctx.checkpoint_dir) / f"seed{seed}"
     Trainer(
         model,
         ctx.data,
@@ -48,5 +50,7 @@ def train_for_score(
         device=device,
         seed=seed,
         callbacks=callbacks,
-    ).fit(resume=False)
+        checkpoint_dir=ckpt,
+        checkpoint_every=ctx.checkpoint_every if ckpt is not None else None,
+    ).fit(resume=ckpt is not None)
     return model

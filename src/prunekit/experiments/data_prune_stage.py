@@ -61,7 +61,7 @@ def scores_path(cfg: ExperimentConfig) -> Path:
     return Path(cfg.output) / "data_scores" / f"{dp.score}-{digest}" / "scores.safetensors"
 
 
-def _score_context(ctx: _Context, teacher: nn.Module) -> ScoreContext:
+def _score_context(ctx: _Context, teacher: nn.Module, ckpt: Path) -> ScoreContext:
     from prunekit.models import create_model
 
     cfg, data = ctx.cfg, ctx.data
@@ -79,6 +79,8 @@ def _score_context(ctx: _Context, teacher: nn.Module) -> ScoreContext:
         seed=cfg.seed,
         batch_size=max(cfg.train.batch_size, 256),
         augment=data.augment,
+        checkpoint_dir=ckpt,
+        checkpoint_every=cfg.train.checkpoint_every,
     )
 
 
@@ -98,9 +100,10 @@ def _selection(ctx: _Context, teacher: nn.Module, sdir: Path) -> tuple[torch.Ten
     spath = scores_path(cfg)
     with _locked(spath.parent):  # parallel sweep arms share one scoring
         scores, smeta = scores_cached(
-            str(dp.score), _score_context(ctx, teacher), spath, options=dp.options,
-            on_mismatch=dp.on_mismatch, data_fingerprint=fp,
+            str(dp.score), _score_context(ctx, teacher, spath.parent / "ckpt"), spath,
+            options=dp.options, on_mismatch=dp.on_mismatch, data_fingerprint=fp,
         )  # fmt: skip
+        shutil.rmtree(spath.parent / "ckpt", ignore_errors=True)
     ctx.log(
         f"data scores {dp.score}: {'reused' if smeta['reused'] else 'computed'} {spath}"
         + ("" if smeta["reused"] else f" ({smeta['seconds']:.1f} s)")
