@@ -33,9 +33,10 @@ class ForgettingTracker:
     def __init__(self, num_examples: int) -> None:
         if num_examples < 0:
             raise ValueError(f"num_examples: expected >= 0, got {num_examples}")
-        self.counts = torch.zeros(num_examples, dtype=torch.long)
-        self.previous = torch.zeros(num_examples, dtype=torch.bool)
-        self.learned = torch.zeros(num_examples, dtype=torch.bool)
+        # per-example bookkeeping stays on the CPU whatever device the model trains on
+        self.counts = torch.zeros(num_examples, dtype=torch.long, device="cpu")
+        self.previous = torch.zeros(num_examples, dtype=torch.bool, device="cpu")
+        self.learned = torch.zeros(num_examples, dtype=torch.bool, device="cpu")
 
     def update(self, indices: Tensor, correct: Tensor) -> None:
         """Record one presentation of the examples ``indices`` (``correct``: bool per example)."""
@@ -133,7 +134,7 @@ def forgetting(ctx: ScoreContext, *, epochs: float | None = None, runs: int = 1)
     if not isinstance(ep, (int, float)) or isinstance(ep, bool) or ep <= 0:
         raise ValueError(f"epochs: expected a positive number, got {ep!r}")
     labels = labels_of(ctx.data)
-    total = torch.zeros(len(ctx.data), dtype=torch.float64)
+    total = torch.zeros(len(ctx.data), dtype=torch.float64, device="cpu")
     for r in range(runs):
         callback = ForgettingCallback(labels)
         train_for_score(ctx, ctx.seed + r, float(ep), [callback])

@@ -46,7 +46,7 @@ def el2n_scores(model: nn.Module, data: Any, num_classes: int, batch_size: int =
             out.append(torch.linalg.vector_norm(p - onehot, dim=-1).cpu())
     finally:
         model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0)
+    return torch.cat(out) if out else torch.zeros(0, device="cpu")
 
 
 @register_score(
@@ -58,7 +58,7 @@ def el2n(ctx: ScoreContext, *, runs: int = 3, epochs: float | None = None) -> Te
     ``train.epochs``, at least 1); run ``r`` starts from ``make_model(seed + r)``."""
     _check_runs(runs)
     ep = _early_epochs(ctx, epochs)
-    total = torch.zeros(len(ctx.data))
+    total = torch.zeros(len(ctx.data), device="cpu")  # scores are gathered on the CPU
     for r in range(runs):
         model = train_for_score(ctx, ctx.seed + r, ep)
         total += el2n_scores(model, ctx.data, ctx.num_classes, ctx.batch_size)
@@ -103,7 +103,7 @@ def grand(ctx: ScoreContext, *, runs: int = 3, epochs: float = 0.0, batch_size: 
     ep = _early_epochs(ctx, epochs)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
-    total = torch.zeros(len(ctx.data))
+    total = torch.zeros(len(ctx.data), device="cpu")  # scores are gathered on the CPU
     for r in range(runs):
         model = train_for_score(ctx, ctx.seed + r, ep)
         device = next(model.parameters()).device
