@@ -290,3 +290,40 @@ def test_interrupted_score_training_resumes_to_the_same_forgetting_counts(tmp_pa
     assert torch.equal(compute_scores("forgetting", resumable), want)
     assert len(steps) == 15 - 6  # resumed from iteration 6 of 3 epochs x 5 batches
     assert torch.isfinite(want).sum() > 0
+
+
+class BagOfWords(nn.Module):
+    """A tiny text classifier: token embeddings, mean over the sequence, linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.emb(tokens).mean(1))
+
+
+def test_scores_of_a_text_classifier_on_token_ids():
+    g = torch.Generator().manual_seed(0)
+    tokens, labels = (
+        torch.randint(0, 20, (12, 6), generator=g),
+        torch.randint(0, 2, (12,), generator=g),
+    )
+
+    def make(seed):
+        torch.manual_seed(seed)
+        return BagOfWords()
+
+    spec = TrainSpec(epochs=2, batch_size=4, lr=0.5, device="cpu")
+    c = ScoreContext(data=TensorData(tokens, labels), num_classes=2, make_model=make,
+                     model=make(0), train=spec)  # fmt: skip
+    got = compute_scores("grand", c, runs=1, epochs=0, batch_size=5)
+    model = make(0)
+    for i in range(12):
+        model.zero_grad()
+        F.cross_entropy(model(tokens[i : i + 1]), labels[i : i + 1]).backward()
+        norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters()))
+        assert got[i].item() == pytest.approx(norm.item(), rel=1e-5)
+    for name in ("el2n", "forgetting", "prototypes"):
+        assert compute_scores(name, c).shape == (12,)
