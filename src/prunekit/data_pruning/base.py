@@ -64,15 +64,15 @@ class ScoreContext:
     checkpoint_every: int | None = None
 
     def resolved_device(self) -> torch.device:
+        """``device``, else the device of ``model``, else ``train.device`` (``auto``: CUDA
+        when available)."""
+        from prunekit._device import device_of, resolve_device
+
         if self.device is not None:
-            return torch.device(self.device)
-        if self.model is not None:
-            first = next(self.model.parameters(), None)
-            if first is not None:
-                return first.device
-        if self.train.device is not None:
-            return torch.device(self.train.device)
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            return resolve_device(self.device, "device")
+        if self.model is not None and next(self.model.parameters(), None) is not None:
+            return device_of(self.model)
+        return resolve_device(self.train.device, "train.device")
 
     def fresh_model(self, seed: int) -> nn.Module:
         if self.make_model is None:

@@ -54,7 +54,7 @@ def iter_batches(data: Any, batch_size: int) -> Iterator[tuple[Tensor, Tensor, T
     batched = as_batched(data)
     n = len(batched)
     for start in range(0, n, batch_size):
-        idx = torch.arange(start, min(start + batch_size, n))
+        idx = torch.arange(start, min(start + batch_size, n), device="cpu")  # host-side indices
         x, y = batched[idx]
         yield idx, x, y
 

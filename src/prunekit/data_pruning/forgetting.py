@@ -65,7 +65,7 @@ class ForgettingTracker:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key in ("counts", "previous", "learned"):
-            value = torch.tensor(state[key], dtype=getattr(self, key).dtype)
+            value = torch.tensor(state[key], dtype=getattr(self, key).dtype, device="cpu")
             if value.shape != getattr(self, key).shape:
                 raise ValueError(f"state: {key} has {value.numel()} entries, expected "
                                  f"{getattr(self, key).numel()}")  # fmt: skip

@@ -205,4 +205,5 @@ def prototypes(
                 uses_labels=False)  # fmt: skip
 def random(ctx: ScoreContext) -> Tensor:
     """Uniform random numbers from ``seed``: any keep rule selects a random subset."""
-    return torch.rand(len(ctx.data), generator=torch.Generator().manual_seed(ctx.seed))
+    gen = torch.Generator().manual_seed(ctx.seed)
+    return torch.rand(len(ctx.data), generator=gen, device="cpu")
