@@ -123,6 +123,9 @@ def test_sweep_over_fractions_scores_and_seeds_and_report(tmp_path, capsys):
             "sweep": {"fractions": [0.3, 0.7], "scores": ["random", "prototypes"],
                       "seeds": [0, 1]}}  # fmt: skip
     config = _write(tmp_path, data)
+    assert main(["sweep", config, "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert listed.count("kept 0.3") == 4 and "8 arms (0 finished, 8 to run)" in listed
     assert main(["sweep", config]) == 0
     out = tmp_path / "o"
     assert len(list((out / "dense").iterdir())) == 2  # one dense model per seed

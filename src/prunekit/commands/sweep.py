@@ -39,7 +39,8 @@ def dry_run(cfg: ExperimentConfig) -> int:
     for arm in arms:
         directory = run_dir(arm.config)
         done = (directory / "result.json").is_file()
-        rows.append([arm.method, f"{arm.sparsity:g}", str(arm.seed), "yes" if done else "no",
+        level = f"{arm.sparsity:g}" if arm.fraction is None else f"kept {arm.fraction:g}"
+        rows.append([arm.method, level, str(arm.seed), "yes" if done else "no",
                      str(directory)])  # fmt: skip
         if arm.config.prune.schedule not in TRAINING_SCHEDULES:  # these train from scratch
             dense.add(str(dense_dir(arm.config)))
