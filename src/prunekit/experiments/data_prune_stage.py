@@ -37,7 +37,6 @@ from prunekit.experiments.runner import (
     _load_state,
     _locked,
     _metrics,
-    _read_json,
     _save_state,
     _train_spec,
     build_model,
@@ -45,7 +44,7 @@ from prunekit.experiments.runner import (
     read_state_dict,
 )
 from prunekit.masks import MaskSet
-from prunekit.serialization import load_safetensors, save_safetensors, write_json
+from prunekit.serialization import load_safetensors, read_json, save_safetensors, write_json
 from prunekit.training.lr import make_lr_schedule
 from prunekit.training.trainer import Trainer, make_optimizer
 
@@ -151,7 +150,7 @@ def data_prune_stage(
     done = sdir / "stage.json"
     if done.is_file():
         _load_state(model, sdir / "model.safetensors")
-        stage = _read_json(done)
+        stage = read_json(done)
         return dense, MaskSet(), stage["phases"], stage["extra"]
     sdir.mkdir(parents=True, exist_ok=True)
     indices, meta = _selection(ctx, model, sdir)
