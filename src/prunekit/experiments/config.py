@@ -103,7 +103,7 @@ def accepted_names() -> dict[str, list[str]]:
         from prunekit.data_pruning import DATA_SCORES
     except ImportError:
         return names
-    names["sweep.scores"] = DATA_SCORES.names()
+    names["sweep.scores"] = names["data_prune.score"] = DATA_SCORES.names()
     return names
 
 
