@@ -8,7 +8,10 @@ A block that cannot run here (a local dataset, a GPU, a model folder) is precede
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
+import pkgutil
 import re
 import signal
 from pathlib import Path
@@ -51,8 +54,19 @@ def _timeout(signum, frame):  # noqa: ANN001, ARG001
     raise TimeoutError(f"the block ran longer than {TIMEOUT_S} s")
 
 
+@pytest.fixture(scope="module")
+def _library_registered():
+    """Import every prunekit module first, so that the built-in entries are registered before
+    any block runs: the clean-up below then removes only what a block itself registered."""
+    import prunekit
+
+    for info in pkgutil.walk_packages(prunekit.__path__, "prunekit."):
+        with contextlib.suppress(ImportError):  # an optional dependency not installed
+            importlib.import_module(info.name)
+
+
 @pytest.mark.parametrize(("code", "reason"), BLOCKS)
-def test_python_block_runs(code, reason, tmp_path, monkeypatch):
+def test_python_block_runs(code, reason, tmp_path, monkeypatch, _library_registered):
     if reason:
         pytest.skip(reason)
     from prunekit.registry import Registry
