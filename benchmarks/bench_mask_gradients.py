@@ -3,7 +3,9 @@
 Variants, measured interleaved in the same run (median over repeats), on the gradients of an
 MLP 784-2048-2048-10 at 90% sparsity:
   multiply       torch._foreach_mul_(grads, float masks): fastest, but NaN * 0 = NaN
-  masked_fill_   MaskEnforcer(fast=True): one in-place masked_fill_ per tensor (NaN-safe)
+  bitwise AND    MaskEnforcer(fast=True): AND of the float bits with an int keep-mask of all
+                 ones / zeros, one per tensor (NaN-safe: pruned entries become +0.0)
+  masked_fill_   one in-place masked_fill_ per tensor (NaN-safe)
   where(out=)    MaskEnforcer(fast=False): torch.where(keep, grad, 0, out=grad) (NaN-safe)
 
     python benchmarks/bench_mask_gradients.py
@@ -37,10 +39,16 @@ def main() -> None:
     keep = [torch.rand(s) >= args.sparsity for s in SHAPES]
     pruned = [~k for k in keep]
     factors = [k.float() for k in keep]
+    bits = [k.to(torch.int32).neg_() for k in keep]
+    grad_bits = [g.view(torch.int32) for g in grads]
     zero = torch.zeros(())
 
     def multiply() -> None:
         torch._foreach_mul_(grads, factors)
+
+    def bitwise_and() -> None:
+        for g, b in zip(grad_bits, bits):
+            g.bitwise_and_(b)
 
     def masked_fill() -> None:
         for g, p in zip(grads, pruned):
@@ -50,7 +58,12 @@ def main() -> None:
         for g, k in zip(grads, keep):
             torch.where(k, g, zero, out=g)
 
-    variants = {"multiply": multiply, "masked_fill_": masked_fill, "where(out=)": where}
+    variants = {
+        "multiply": multiply,
+        "bitwise AND": bitwise_and,
+        "masked_fill_": masked_fill,
+        "where(out=)": where,
+    }
     for fn in variants.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in variants}

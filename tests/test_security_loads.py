@@ -318,11 +318,12 @@ def test_global_layer_collapse_is_announced():
     assert not bool(masks["1.weight"].any())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("optimizer_cls", [torch.optim.SGD, torch.optim.Adam, "custom"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_gradients_leave_pruned_weights_exactly_zero(fast, optimizer_cls, bad):
-    model = toy_mlp()
+def test_non_finite_gradients_leave_pruned_weights_exactly_zero(fast, optimizer_cls, bad, dtype):
+    model = toy_mlp().to(dtype)
     masks = prunekit.prune(model, 0.7)
 
     class Custom(torch.optim.SGD):  # a subclass: enforced after the step
@@ -333,7 +334,7 @@ def test_non_finite_gradients_leave_pruned_weights_exactly_zero(fast, optimizer_
     with masks.attach(optimizer, model, fast=fast):
         for _ in range(2):
             optimizer.zero_grad()
-            model(torch.randn(4, 32)).sum().backward()
+            model(torch.randn(4, 32, dtype=dtype)).sum().backward()
             for p in model.parameters():
                 p.grad.fill_(bad)
             optimizer.step()

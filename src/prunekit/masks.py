@@ -288,6 +288,15 @@ GRADIENT_MASKING_SAFE: tuple[type[torch.optim.Optimizer], ...] = (
 )
 
 
+# Integer views of the float dtypes, for zeroing by a bitwise AND with a keep-mask of all ones.
+_BITS_DTYPES: dict[torch.dtype, torch.dtype] = {
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
+
+
 class MaskEnforcer:
     """Keeps pruned weights and their optimizer state at zero through every optimizer step.
 
@@ -296,12 +305,13 @@ class MaskEnforcer:
     momentum / Adam moments exactly zero. Any other optimizer (a subclass, a custom update rule)
     gets the pruned weights and every state tensor shaped like them zeroed right after each step.
 
-    With ``fast=True`` (default) the inverted masks (True = pruned) are computed once and each
-    tensor is zeroed with one in-place ``masked_fill_``, at the price of a second boolean copy of
-    the masks. ``fast=False`` keeps only the keep-masks (1 byte per weight) and zeroes with
-    ``torch.where(..., out=)``. Either way pruned entries are *selected* away, never multiplied
-    by zero, so NaN or inf gradients and states still leave pruned weights exactly zero
-    (``NaN * 0`` is NaN).
+    With ``fast=True`` (default) each mask is also kept as an integer bit pattern of the
+    weights' width (all ones = keep, 0 = pruned) and a tensor is zeroed with one in-place
+    bitwise AND on its bits: as fast as a multiply (``masked_fill_`` is about 5x slower on CPU),
+    at the price of one extra copy of the masked weights' memory. ``fast=False`` keeps only the
+    boolean masks (1 byte per weight) and zeroes with ``torch.where(..., out=)``. Either way
+    pruned entries become exactly +0.0 whatever they held: NaN or inf gradients and states
+    still leave pruned weights exactly zero (a multiply would give ``NaN * 0 = NaN``).
     """
 
     def __init__(
@@ -314,7 +324,7 @@ class MaskEnforcer:
         self.masks = masks
         self._params = masks.validate(model)
         self._keep = masks.placed(self._params)
-        self._pruned = {n: ~m for n, m in self._keep.items()} if fast else None
+        self._bits: dict[tuple[str, torch.dtype], Tensor] | None = {} if fast else None
         self._optimizer = optimizer
         self.masks_gradients = type(optimizer) in GRADIENT_MASKING_SAFE
         if self.masks_gradients:
@@ -326,14 +336,26 @@ class MaskEnforcer:
     @torch.no_grad()
     def enforce(self) -> None:
         """Zero pruned weights and their optimizer state now."""
-        if self._pruned is None:
+        if self._bits is None:
             _zero_pruned(self._params, self._keep, self._optimizer)
             return
         for name, param in self._params.items():
-            pruned = self._pruned[name]
-            param.data.masked_fill_(pruned, 0)
+            self._zero(name, param.data)
             for value in _matching_state(self._optimizer, param):
-                value.masked_fill_(pruned, 0)
+                self._zero(name, value)
+
+    def _zero(self, name: str, tensor: Tensor) -> None:
+        """Set the pruned entries of ``tensor`` to +0.0 with one AND on its bit pattern."""
+        bits_dtype = _BITS_DTYPES.get(tensor.dtype)
+        if bits_dtype is None:  # not a float of 2, 4 or 8 bytes: a plain masked write
+            _zero_where_pruned(tensor, self._keep[name])
+            return
+        key = (name, bits_dtype)
+        bits = self._bits.get(key)  # type: ignore[union-attr]
+        if bits is None:  # made once per mask and width: keep -> all ones (-1), pruned -> 0
+            bits = self._keep[name].to(bits_dtype).neg_()
+            self._bits[key] = bits  # type: ignore[index]
+        tensor.view(bits_dtype).bitwise_and_(bits)
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
@@ -341,10 +363,10 @@ class MaskEnforcer:
         for name, param in self._params.items():
             if param.grad is None:
                 continue
-            if self._pruned is None:
+            if self._bits is None:
                 _zero_where_pruned(param.grad, self._keep[name])
             else:
-                param.grad.masked_fill_(self._pruned[name], 0)
+                self._zero(name, param.grad)
 
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.mask_gradients()
