@@ -3,7 +3,7 @@
 Columns follow ShrinkBench: accuracy (mean and sample standard deviation over seeds), parameters,
 non-zero parameters, dense MACs, non-zero MACs, theoretical speedup (dense / non-zero MACs) and
 compression ratio (parameters / non-zeros). Cost columns are means over seeds; the CSV also has
-the mean global PQ Index of the final weights (METHODS §3). The MACs ratio is labelled theoretical;
+the mean global PQ Index of the final weights (Diao et al., 2023). The MACs ratio is labelled theoretical;
 with ``latency=`` the dense and final models of each run are also timed (see
 :mod:`prunekit.experiments.latency`) and the measured columns say so.
 """
