@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from prunekit.errors import FileFormatError
 from prunekit.serialization import (
+    expect_format,
     load_safetensors,
     meta_entry,
     pack_bits,
@@ -215,11 +216,7 @@ class MaskSet(MutableMapping[str, Tensor]):
             FileFormatError: a truncated, corrupt or foreign file (the message names ``path``).
         """
         tensors, meta = load_safetensors(path)
-        if meta.get("format") != FORMAT:
-            raise FileFormatError(
-                path,
-                f"not a prunekit mask file (format {meta.get('format')!r}, expected {FORMAT!r})",
-            )
+        expect_format(meta, FORMAT, path, "mask file")
         order = meta_entry(meta, "order", list, path)
         shapes = meta_entry(meta, "shapes", dict, path)
         user = meta.get("user", {})

@@ -178,6 +178,35 @@ def _commit(tmp: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
+def _replacing(target: Path) -> Iterator[tuple[int, Path]]:
+    """A new temp file (descriptor, path) beside ``target`` that replaces it when the block ends
+    normally; on any error the temp file is removed, ``target`` is left as it was, and a full
+    disk is reported as :class:`DiskFullError` naming ``target``."""
+    make_dirs(target.parent)
+    fd, tmp = _create_temp(target)
+    try:
+        yield fd, tmp
+        _commit(tmp, target)
+    except BaseException as err:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(target) from err
+        raise
+
+
+def expect_format(
+    meta: dict[str, Any], expected: str, path: str | os.PathLike[str], what: str
+) -> None:
+    """Raise :class:`FileFormatError` naming ``path`` unless its metadata says ``expected``."""
+    found = meta.get("format")
+    if found != expected:
+        raise FileFormatError(
+            path, f"not a prunekit {what} (format {found!r}, expected {expected!r})"
+        )
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a new temporary path beside ``path``; on success it replaces ``path`` atomically.
 
@@ -186,35 +215,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             symlink.
     """
     target = check_write_path(path)
-    make_dirs(target.parent)
-    fd, tmp = _create_temp(target)
-    os.close(fd)
-    try:
+    with _replacing(target) as (fd, tmp):
+        os.close(fd)
         yield tmp
-        _commit(tmp, target)
-    except BaseException as err:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(target) from err
-        raise
 
 
 def write_bytes_atomic(data: bytes, path: str | os.PathLike[str]) -> None:
     """Write ``data`` to ``path`` atomically, through the temp file's own descriptor."""
-    target = check_write_path(path)
-    make_dirs(target.parent)
-    fd, tmp = _create_temp(target)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        _commit(tmp, target)
-    except BaseException as err:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(target) from err
-        raise
+    with _replacing(check_write_path(path)) as (fd, tmp), os.fdopen(fd, "wb") as handle:
+        handle.write(data)
 
 
 def write_text_atomic(text: str, path: str | os.PathLike[str]) -> None:

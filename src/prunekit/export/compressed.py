@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from prunekit.errors import FileFormatError
 from prunekit.serialization import (
     check_state_fits,
+    expect_format,
     load_safetensors,
     meta_entry,
     pack_bits,
@@ -72,11 +73,7 @@ def load_compressed(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         FileFormatError: a truncated, corrupt or foreign file (the message names ``path``).
     """
     tensors, meta = load_safetensors(path)
-    if meta.get("format") != FORMAT:
-        raise FileFormatError(
-            path,
-            f"not a prunekit compressed model (format {meta.get('format')!r}, expected {FORMAT!r})",
-        )
+    expect_format(meta, FORMAT, path, "compressed model")
     order = meta_entry(meta, "order", list, path)
     layout = meta_entry(meta, "tensors", dict, path)
     state: dict[str, Tensor] = {}

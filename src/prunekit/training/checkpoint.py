@@ -20,6 +20,7 @@ from prunekit.errors import FileFormatError
 from prunekit.masks import GRADIENT_MASKING_SAFE, MaskSet
 from prunekit.serialization import (
     check_state_fits,
+    expect_format,
     load_safetensors,
     meta_entry,
     pack_bits,
@@ -125,10 +126,7 @@ def load_checkpoint(
             ``model`` / ``optimizer`` (a ``ValueError``; the message names ``path``).
     """
     tensors, meta = load_safetensors(path)
-    if meta.get("format") != FORMAT:
-        raise FileFormatError(
-            path, f"not a prunekit checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})"
-        )
+    expect_format(meta, FORMAT, path, "checkpoint")
     iteration = meta_entry(meta, "iteration", int, path)
     extra = meta.get("extra", {})
     if not isinstance(extra, dict):
