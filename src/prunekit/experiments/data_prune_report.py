@@ -102,33 +102,17 @@ def fraction_table(rows: list[FractionRow], metric: str, markdown: bool = False)
 
 def plot_fractions(rows: list[FractionRow], path: str | Path, metric: str) -> Path:
     """Accuracy vs kept fraction, one line per method (std over seeds as error bars)."""
-    from prunekit.experiments.plots import _pyplot, _save
+    from prunekit.experiments.plots import plot_lines
 
-    plt = _pyplot()
-    scale = 100.0 if metric.endswith("top1") else 1.0
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    methods: dict[str, list[FractionRow]] = {}
-    for row in rows:
-        methods.setdefault(row.method, []).append(row)
-    for method, items in methods.items():
-        if method == "dense":
-            acc = items[0].accuracy * scale
-            ax.axhline(
-                acc, color="gray", linestyle="--", linewidth=1, label=f"all data ({acc:.2f})"
-            )
-            continue
-        items.sort(key=lambda r: r.fraction)
-        ax.errorbar([r.fraction * 100 for r in items], [r.accuracy * scale for r in items],
-                    yerr=[r.std * scale for r in items], marker="o", capsize=3,
-                    label=method)  # fmt: skip
-    ax.set_xlabel("kept fraction of the training set (%)")
-    ax.set_ylabel("test top-1 accuracy (%)" if metric.endswith("top1") else metric)
-    ax.set_title("accuracy vs kept fraction (data pruning)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    out = _save(fig, Path(path))
-    plt.close(fig)
-    return out
+    return plot_lines(
+        rows,
+        path,
+        metric,
+        x="fraction",
+        xlabel="kept fraction of the training set (%)",
+        title="accuracy vs kept fraction (data pruning)",
+        dense_label="all data",
+    )
 
 
 def fraction_csv(rows: list[FractionRow], metric: str) -> str:

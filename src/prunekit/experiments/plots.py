@@ -30,6 +30,22 @@ def plot_accuracy(
 ) -> Path:
     """Accuracy vs sparsity, one line per method with error bars (std over seeds); ``rows`` are
     of one (data set, model) group, named in ``title``."""
+    heading = f"{title}: accuracy vs sparsity" if title else "accuracy vs sparsity"
+    return plot_lines(rows, path, metric, x="sparsity", xlabel="sparsity (%)", title=heading)
+
+
+def plot_lines(
+    rows: list[Any],
+    path: str | Path,
+    metric: str,
+    *,
+    x: str,
+    xlabel: str,
+    title: str,
+    dense_label: str = "dense",
+) -> Path:
+    """Accuracy against the fraction ``row.<x>`` (shown in %), one line per method with error
+    bars (std over seeds); a ``dense`` row is drawn as a horizontal reference line."""
     plt = _pyplot()
     scale = 100.0 if metric.endswith("top1") else 1.0
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -39,20 +55,22 @@ def plot_accuracy(
     for method, items in methods.items():
         if method == "dense":
             acc = items[0].accuracy * scale
-            ax.axhline(acc, color="gray", linestyle="--", linewidth=1, label=f"dense ({acc:.2f})")
+            ax.axhline(
+                acc, color="gray", linestyle="--", linewidth=1, label=f"{dense_label} ({acc:.2f})"
+            )
             continue
-        items.sort(key=lambda r: r.sparsity)
+        items.sort(key=lambda r: getattr(r, x))
         ax.errorbar(
-            [r.sparsity * 100 for r in items],
+            [getattr(r, x) * 100 for r in items],
             [r.accuracy * scale for r in items],
             yerr=[r.std * scale for r in items],
             marker="o",
             capsize=3,
             label=method,
         )
-    ax.set_xlabel("sparsity (%)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test top-1 accuracy (%)" if metric.endswith("top1") else metric)
-    ax.set_title(f"{title}: accuracy vs sparsity" if title else "accuracy vs sparsity")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     path = _save(fig, Path(path))
