@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prunekit.masks import MaskSet
+from prunekit.core.masks import MaskSet
 
 
 @dataclass

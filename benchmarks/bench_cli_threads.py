@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from prunekit.commands._common import default_threads
+from prunekit.core.serialization import save_safetensors
 from prunekit.llm.io import save_pruned
 from prunekit.models.gpt import GPT, GPTConfig
-from prunekit.serialization import save_safetensors
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _criteria_common import load_data, mean_std, setup_threads, train  # noqa: E402
 
 import prunekit  # noqa: E402
-from prunekit.sparse_training import GraNet, RigL, gmp_sparsity  # noqa: E402
+from prunekit.training.sparse_training import GraNet, RigL, gmp_sparsity  # noqa: E402
 
 METHODS = ["GMP", "GraNet", "RigL", "static ERK"]
 

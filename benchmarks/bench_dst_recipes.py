@@ -25,7 +25,6 @@ from _common import machine  # noqa: E402
 
 import prunekit  # noqa: E402
 from prunekit.data import create_dataset  # noqa: E402
-from prunekit.sparse_training import RigL  # noqa: E402
 from prunekit.training import (  # noqa: E402
     ConstantLR,
     PruneSpec,
@@ -36,6 +35,7 @@ from prunekit.training import (  # noqa: E402
     run_gmp,
 )
 from prunekit.training.dst_recipes import run_at_init, run_granet, run_rigl  # noqa: E402
+from prunekit.training.sparse_training import RigL  # noqa: E402
 
 
 def mlp(hidden, seed):

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 import prunekit.structured as st
+from prunekit.core.metrics import count_macs
 from prunekit.data import create_dataset
-from prunekit.metrics import count_macs
 from prunekit.models import create_model
 from prunekit.structured.latency import prune_for_latency
 from prunekit.training.trainer import Trainer, evaluate

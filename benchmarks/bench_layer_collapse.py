@@ -30,7 +30,7 @@ from _criteria_common import (  # noqa: E402
 )
 
 import prunekit  # noqa: E402
-from prunekit.at_init import prune_at_init  # noqa: E402
+from prunekit.core.at_init import prune_at_init  # noqa: E402
 
 METHODS = ["synflow", "snip", "grasp", "magnitude", "random"]
 

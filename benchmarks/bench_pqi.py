@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _criteria_common import load_data, mean_std, setup_threads, train  # noqa: E402
 
 import prunekit  # noqa: E402
-from prunekit.pqi import SAPSchedule, pq_index_report  # noqa: E402
+from prunekit.core.pqi import SAPSchedule, pq_index_report  # noqa: E402
 
 
 def build(data, hidden, seed):

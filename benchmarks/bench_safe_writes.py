@@ -1,7 +1,7 @@
 """Cost of writing through the no-follow helpers, against plain writes that follow symlinks.
 
 Variants, measured interleaved in the same run (median over rounds, microseconds per write):
-  json       prunekit.serialization.write_json (O_EXCL|O_NOFOLLOW temp file, checks, chmod,
+  json       prunekit.core.serialization.write_json (O_EXCL|O_NOFOLLOW temp file, checks, chmod,
              rename) vs mkstemp + write_text + os.replace (the unchecked atomic write)
   log line   open_append (O_NOFOLLOW, symlink checks) vs open(path, "a")
   ckpt 4 MB  save_safetensors vs safetensors save_file to a mkstemp file + os.replace
@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _common import machine  # noqa: E402
 
-from prunekit.serialization import open_append, save_safetensors, write_json  # noqa: E402
+from prunekit.core.serialization import open_append, save_safetensors, write_json  # noqa: E402
 
 PAYLOAD = {"final": {"test_top1": 0.9123, "test_loss": 0.31}, "phases": list(range(50))}
 

@@ -41,8 +41,8 @@ from _sfw_soups_common import (  # noqa: E402
 )
 
 from prunekit import frank_wolfe as fw  # noqa: E402
-from prunekit.soups import recalibrate_batchnorm  # noqa: E402
-from prunekit.targets import Targets  # noqa: E402
+from prunekit.core.targets import Targets  # noqa: E402
+from prunekit.training.soups import recalibrate_batchnorm  # noqa: E402
 
 CONVS = Targets(module_types=(nn.Conv1d,))
 WIDE = Targets(include=[r"^features\.(3|6)\.weight$"])

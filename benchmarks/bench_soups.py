@@ -36,7 +36,7 @@ from _sfw_soups_common import (  # noqa: E402
 )
 
 import prunekit  # noqa: E402
-from prunekit.soups import ingredient_variants, run_soup_phase  # noqa: E402
+from prunekit.training.soups import ingredient_variants, run_soup_phase  # noqa: E402
 
 DATA: dict = {}
 
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 probe = copy.deepcopy(model)
                 probe.load_state_dict(sd)
                 soups[name] = accuracy(probe, DATA["test"])
-            ens = prunekit.soups.prediction_ensemble(members, [DATA["test"]])
+            ens = prunekit.training.soups.prediction_ensemble(members, [DATA["test"]])
             rec = {
                 "seed": seed,
                 "sparsity": sparsity,

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit.core.masks import MaskSet
+from prunekit.core.metrics import count_macs
 from prunekit.export import csr_bytes_ceiling, to_onnx, to_sparse
-from prunekit.masks import MaskSet
-from prunekit.metrics import count_macs
 from prunekit.models import create_model
 from prunekit.models.gpt import Block, GPTConfig
 

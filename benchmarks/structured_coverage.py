@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from _conformance import output, run  # noqa: E402
 from _hf_zoo import ZOO, build  # noqa: E402
-from prunekit.metrics import count_macs  # noqa: E402
+from prunekit.core.metrics import count_macs  # noqa: E402
 
 RATIO = 0.5
 

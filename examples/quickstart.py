@@ -18,7 +18,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import prunekit
-from prunekit.report import format_table
+from prunekit.core.report import format_table
 
 ALLOCATIONS = [
     "global",

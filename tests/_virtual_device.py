@@ -163,7 +163,7 @@ def leaves(out: Any) -> list[torch.Tensor]:
     """Every tensor in a (nested) result: tuples, lists, dicts, MaskSets, dataclasses."""
     from dataclasses import fields, is_dataclass
 
-    from prunekit.masks import MaskSet
+    from prunekit.core.masks import MaskSet
 
     if isinstance(out, torch.Tensor):
         return [out]

@@ -112,7 +112,7 @@ def virtual_cuda(request, monkeypatch):
     if "torch_compile" in request.node.name:
         pytest.skip("torch.compile does not trace under a Python dispatch mode")
     from _virtual_device import VIRTUAL, VirtualDevice
-    from prunekit import _device
+    from prunekit.core import device as _device
 
     monkeypatch.setattr(_device, "default_device", lambda: VIRTUAL)
     with VirtualDevice():

@@ -10,7 +10,7 @@ import torch
 
 import prunekit
 from conftest import toy_cnn, toy_mlp
-from prunekit.allocation import ALLOCATIONS, erk_densities, parse_nm
+from prunekit.core.allocation import ALLOCATIONS, erk_densities, parse_nm
 from prunekit.criteria import CRITERIA
 
 DATA_FREE_METHODS = [m for m in CRITERIA.names() if not CRITERIA.get(m).requires_data]

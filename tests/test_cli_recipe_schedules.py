@@ -8,12 +8,12 @@ import shutil
 
 import pytest
 
+from prunekit.core.masks import MaskSet
 from prunekit.experiments.config import ConfigError, _recipe_options, resolve
 from prunekit.experiments.report import aggregate, collect_results
 from prunekit.experiments.runner import build_data, build_model, run_dir, run_experiment
 from prunekit.experiments.sweep import expand
 from prunekit.export import load_compressed
-from prunekit.masks import MaskSet
 from prunekit.training.trainer import evaluate
 
 

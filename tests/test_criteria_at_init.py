@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import prunekit
-from prunekit.at_init import DensityTable, prune_at_init
+from prunekit.core.at_init import DensityTable, prune_at_init
 
 
 def _data():

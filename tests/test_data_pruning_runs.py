@@ -9,10 +9,10 @@ import torch
 import yaml
 
 from prunekit.cli import main
+from prunekit.core.serialization import load_safetensors
 from prunekit.data_pruning import load_scores, select
 from prunekit.experiments.config import hashed_dict, load_config, resolve
 from prunekit.experiments.runner import run_dir, run_experiment
-from prunekit.serialization import load_safetensors
 
 BASE = {
     "name": "dp",

@@ -15,7 +15,7 @@ Three checks, all on a CPU-only machine:
 
 Every test of 2 and 3 takes the ``dev`` fixture: the virtual device always, and a real GPU as a
 ``gpu``-marked copy of the same test when CUDA is present. ``train.device: auto`` is tested by
-standing the virtual device in for ``prunekit._device.default_device`` (what CUDA being present
+standing the virtual device in for ``prunekit.core.device.default_device`` (what CUDA being present
 changes); ``PRUNEKIT_VIRTUAL_CUDA=1`` does the same for the whole suite (see ``conftest.py``).
 """
 
@@ -34,7 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import prunekit
 from _virtual_device import VIRTUAL, VirtualDevice, leaves, on_virtual
-from prunekit.allocation import list_allocations
+from prunekit.core.allocation import list_allocations
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "prunekit"
 
@@ -76,7 +76,7 @@ def bare_factory_calls(code: str) -> list[str]:
 
 
 def test_factory_calls_name_their_device():
-    """New tensors that meet a parameter are made on its device (``prunekit._device`` helpers
+    """New tensors that meet a parameter are made on its device (``prunekit.core.device`` helpers
     or ``device=``); tensors meant for the CPU (seeded draws, host data) say ``device="cpu"``."""
     offenders = []
     for path in sorted(SRC.rglob("*.py")):
@@ -193,7 +193,7 @@ def test_prune_at_init_and_training_with_cpu_masks_and_data(dev):
 
 
 def test_sparse_training_rigl_and_granet(dev):
-    from prunekit.sparse_training import GraNet, RigL
+    from prunekit.training.sparse_training import GraNet, RigL
 
     with dev.mode():
         for make in (
@@ -273,7 +273,7 @@ def test_structured_slimming_and_depth(dev):
 
 
 def test_soups_and_batchnorm_recalibration(dev):
-    from prunekit.soups import greedy_soup, recalibrate_batchnorm, uniform_soup
+    from prunekit.training.soups import greedy_soup, recalibrate_batchnorm, uniform_soup
 
     with dev.mode():
         model = prunekit.create_model("resnet20", width=8).to(dev.device)
@@ -381,7 +381,7 @@ def test_perp_retrain_and_reconstruct(dev):
 def test_at_init_recipe_trains_on_the_default_device(dev, monkeypatch):
     """``device=None`` means CUDA when present: here the virtual device stands in for it."""
     from conftest import toy_bundle
-    from prunekit import _device
+    from prunekit.core import device as _device
     from prunekit.training import TrainSpec
     from prunekit.training.dst_recipes import run_at_init
 
@@ -457,7 +457,7 @@ def test_masks_already_on_the_parameters_device_are_not_copied(dev):
 
 
 def test_like_helpers_follow_their_reference(dev):
-    from prunekit import _device as d
+    from prunekit.core import device as d
 
     with dev.mode():
         ref = torch.ones(2, 3, dtype=torch.float16).to(dev.device)
@@ -481,7 +481,7 @@ def test_like_helpers_follow_their_reference(dev):
 
 # ---------------------------------------------------------------------- the default device
 def test_train_device_auto_and_errors(monkeypatch):
-    from prunekit import _device
+    from prunekit.core import device as _device
     from prunekit.experiments.config import ConfigError, resolve
 
     monkeypatch.setattr(_device, "default_device", lambda: torch.device("cuda", 3))
@@ -501,7 +501,7 @@ def test_train_device_auto_and_errors(monkeypatch):
 def test_runner_with_cuda_visible(dev, tmp_path, monkeypatch):
     """``train.device: auto`` with CUDA present: the model trains there, the data stay on the
     CPU, the run finishes and its final masks hold."""
-    from prunekit import _device
+    from prunekit.core import device as _device
     from prunekit.experiments.config import resolve
     from prunekit.experiments.runner import run_experiment
 

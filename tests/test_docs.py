@@ -69,7 +69,7 @@ def _library_registered():
 def test_python_block_runs(code, reason, tmp_path, monkeypatch, _library_registered):
     if reason:
         pytest.skip(reason)
-    from prunekit.registry import Registry
+    from prunekit.core.registry import Registry
 
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     monkeypatch.chdir(tmp_path)

@@ -10,8 +10,14 @@ import torch
 import torch.nn.functional as F
 
 import prunekit
-from prunekit.allocation import erk_densities
-from prunekit.sparse_training import GraNet, RigL, cosine_decay, drop_and_regrow, gmp_sparsity
+from prunekit.core.allocation import erk_densities
+from prunekit.training.sparse_training import (
+    GraNet,
+    RigL,
+    cosine_decay,
+    drop_and_regrow,
+    gmp_sparsity,
+)
 
 
 def _setup(seed=0, opt="adam"):

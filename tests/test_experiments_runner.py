@@ -6,11 +6,11 @@ import json
 
 import torch
 
+from prunekit.core.masks import MaskSet
 from prunekit.experiments.config import resolve
 from prunekit.experiments.runner import build_data, build_model, run_dir, run_experiment
 from prunekit.experiments.store import ResultsStore
 from prunekit.export import load_compressed
-from prunekit.masks import MaskSet
 from prunekit.training.recipes import PruneSpec, TrainSpec, run_one_shot
 
 

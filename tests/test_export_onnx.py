@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import prunekit.structured as st
+from prunekit.core.masks import MaskSet
 from prunekit.export import to_onnx
-from prunekit.masks import MaskSet
 from prunekit.models import create_model
 
 pytest.importorskip("onnx")

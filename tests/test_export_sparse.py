@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from prunekit.core.masks import MaskSet
 from prunekit.export import SparseConv1x1, SparseLinear, csr_bytes_ceiling, is_2_4_sparse, to_sparse
-from prunekit.masks import MaskSet
 
 
 class ConvMLP(nn.Module):

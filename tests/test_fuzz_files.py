@@ -3,7 +3,7 @@
 Each file is written once, then bytes are flipped and the file truncated at offsets drawn with a
 fixed seed (plus the header-length bytes, the header and the last byte). Loading must either
 succeed (a flip inside tensor data is still a valid file) or raise
-:class:`prunekit.errors.FileFormatError` whose message names the file, never another exception
+:class:`prunekit.core.errors.FileFormatError` whose message names the file, never another exception
 type, and a failed load leaves the in-memory model and optimizer bitwise unchanged.
 """
 
@@ -21,11 +21,11 @@ from torch import nn
 
 import prunekit
 from conftest import toy_mlp
-from prunekit.errors import FileFormatError
+from prunekit.core.errors import FileFormatError
+from prunekit.core.serialization import read_json, write_json
 from prunekit.experiments.runner import _load_masks, _read_stage_json
 from prunekit.experiments.store import ResultsStore
 from prunekit.export import load_compressed_into, save_compressed
-from prunekit.serialization import read_json, write_json
 from prunekit.structured.serialize import load_pruned, save_pruned
 from prunekit.training.checkpoint import load_checkpoint, save_checkpoint
 

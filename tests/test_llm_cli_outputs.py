@@ -13,9 +13,9 @@ transformers = pytest.importorskip("transformers")
 
 from _llm_tiny import VOCAB, save_tiny, tokens  # noqa: E402
 from prunekit.cli import main  # noqa: E402
+from prunekit.core.masks import MaskSet  # noqa: E402
+from prunekit.core.serialization import save_safetensors  # noqa: E402
 from prunekit.llm.io import copy_source_files, load_pruned  # noqa: E402
-from prunekit.masks import MaskSet  # noqa: E402
-from prunekit.serialization import save_safetensors  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(VOCAB - 3)]
 

@@ -13,10 +13,10 @@ transformers = pytest.importorskip("transformers")
 
 from _llm_tiny import VOCAB, load_tiny, save_tiny, tokens  # noqa: E402
 from prunekit.cli import main  # noqa: E402
+from prunekit.core.masks import MaskSet  # noqa: E402
 from prunekit.llm import prune_llm  # noqa: E402
 from prunekit.llm.evaluation import output_agreement, perplexity  # noqa: E402
 from prunekit.llm.io import load_pruned, save_pruned  # noqa: E402
-from prunekit.masks import MaskSet  # noqa: E402
 from prunekit.models.gpt import GPT, GPTConfig  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(VOCAB - 2)]

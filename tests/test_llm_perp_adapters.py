@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from prunekit.core.masks import MaskSet
 from prunekit.llm.lora import AdapterLinear, adapter_modules, add_adapters, merge_adapters
 from prunekit.llm.perp import linear_warmup_decay, parse_params, select_trainable
-from prunekit.masks import MaskSet
 from prunekit.models.gpt import GPT, GPTConfig
 
 

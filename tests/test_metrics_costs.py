@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import prunekit
-from prunekit.metrics import (
+from prunekit.core.metrics import (
     count_nonzeros,
     file_sizes,
     layer_costs,
@@ -82,7 +82,7 @@ def test_file_sizes_shrink_with_sparsity_and_latency_positive():
 def test_pq_indices_per_layer():
     net = _net()
     result = pq_indices(net)
-    if result is None:  # prunekit.pqi not installed
+    if result is None:  # prunekit.core.pqi not installed
         return
     assert set(result["layers"]) == {"0.weight", "3.weight"}
     # PQ Index (p=0.5, q=1) of a vector w: 1 - d^(1/q - 1/p) ||w||_p / ||w||_q

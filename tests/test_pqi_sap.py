@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import prunekit
-from prunekit.pqi import SAPSchedule, pq_index, pq_index_report, sap_prune_count
+from prunekit.core.pqi import SAPSchedule, pq_index, pq_index_report, sap_prune_count
 
 
 def _by_hand(w: torch.Tensor, p=0.5, q=1.0) -> float:

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from conftest import toy_bundle
-from prunekit.masks import MaskSet
-from prunekit.pqi import pq_index_report, sap_prune_count
-from prunekit.scores import ElementwiseScores
-from prunekit.selection import keep_masks_lowest_pruned
+from prunekit.core.masks import MaskSet
+from prunekit.core.pqi import pq_index_report, sap_prune_count
+from prunekit.core.scores import ElementwiseScores
+from prunekit.core.selection import keep_masks_lowest_pruned
 from prunekit.training import PruneSpec, TrainSpec, run_imp
 from prunekit.training.dst_recipes import run_sap
 

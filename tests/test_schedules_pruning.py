@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from prunekit.commands.list_cmd import registries
-from prunekit.experiments.config import accepted_names
-from prunekit.schedules import (
+from prunekit.core.schedules import (
     BIMP,
     GMP,
     IMP,
@@ -15,6 +14,7 @@ from prunekit.schedules import (
     list_schedules,
     split_budget,
 )
+from prunekit.experiments.config import accepted_names
 
 
 def test_one_shot():

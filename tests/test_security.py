@@ -20,9 +20,9 @@ import pytest
 import torch
 
 import prunekit.structured as st
+from prunekit.core.safety import UnsafeFileError, resolve_callable, resolve_transformers_class
 from prunekit.data import restricted_load
 from prunekit.models import create_model
-from prunekit.safety import UnsafeFileError, resolve_callable, resolve_transformers_class
 
 SRC = str(Path(st.__file__).resolve().parents[2])
 TESTS = str(Path(__file__).resolve().parent)
@@ -141,7 +141,7 @@ def test_resolvers_refuse_names_outside_trusted_sources(tmp_path):
 
 
 def test_configs_inside_output_folders_are_recognised(tmp_path):
-    from prunekit.safety import is_output_file
+    from prunekit.core.safety import is_output_file
 
     user = tmp_path / "configs" / "exp.yaml"
     user.parent.mkdir()
@@ -155,19 +155,19 @@ def test_configs_inside_output_folders_are_recognised(tmp_path):
 
 # ------------------------------------------------------------- 2. writes never follow symlinks
 def _write_json(path: Path) -> None:
-    from prunekit.serialization import write_json
+    from prunekit.core.serialization import write_json
 
     write_json({"a": 1}, path)
 
 
 def _save_safetensors(path: Path) -> None:
-    from prunekit.serialization import save_safetensors
+    from prunekit.core.serialization import save_safetensors
 
     save_safetensors({"w": torch.ones(2)}, path, {"k": 1})
 
 
 def _atomic_path(path: Path) -> None:
-    from prunekit.serialization import atomic_path
+    from prunekit.core.serialization import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_bytes(b"new")
@@ -205,14 +205,14 @@ def _report_file(path: Path) -> None:
     assert path.name == "report.md"
     result = {"name": "r", "method": "m", "seed": 0, "target_sparsity": 0.5, "sparsity": 0.5,
               "final": {"test_top1": 0.5}, "dense": {}, "phases": []}  # fmt: skip
-    from prunekit.serialization import write_json
+    from prunekit.core.serialization import write_json
 
     write_json(result, path.parent / "runs" / "r" / "result.json")
     write_report(path.parent, plots=False)
 
 
 def _mask_save(path: Path) -> None:
-    from prunekit.masks import MaskSet
+    from prunekit.core.masks import MaskSet
 
     MaskSet.from_model(torch.nn.Linear(4, 4)).save(path)
 
@@ -255,7 +255,7 @@ def test_writers_refuse_a_planted_symlink(tmp_path, writer):
 
 
 def test_symlinked_folder_inside_the_output_is_refused(tmp_path):
-    from prunekit.serialization import output_root, write_json
+    from prunekit.core.serialization import output_root, write_json
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -281,7 +281,7 @@ def test_cli_names_the_symlink_and_exits_2(tmp_path, capsys):
     victim = tmp_path / "victim.md"
     victim.write_text("keep")
     runs = tmp_path / "o" / "runs" / "r"
-    from prunekit.serialization import write_json
+    from prunekit.core.serialization import write_json
 
     write_json({"name": "r", "method": "m", "seed": 0, "target_sparsity": 0.5, "sparsity": 0.5,
                 "final": {"test_top1": 0.5}, "dense": {}, "phases": []},
@@ -512,8 +512,8 @@ def test_sweep_workers_exit_when_the_parent_is_killed(tmp_path, sig):
 
 @pytest.mark.parametrize("where", ["top", "nested", "folder"])
 def test_stale_temp_files_are_removed_at_the_next_start(tmp_path, where):
+    from prunekit.core.serialization import TMP_PREFIX, TMP_SUFFIX, atomic_path
     from prunekit.experiments.runner import _locked
-    from prunekit.serialization import TMP_PREFIX, TMP_SUFFIX, atomic_path
 
     run = tmp_path / "run"
     sub = run / "phase_1" if where == "nested" else run
@@ -536,8 +536,8 @@ def test_stale_temp_files_are_removed_at_the_next_start(tmp_path, where):
 
 
 def test_stale_temp_files_are_removed_by_the_next_llm_save(tmp_path):
+    from prunekit.core.serialization import TMP_PREFIX, TMP_SUFFIX
     from prunekit.llm.io import save_pruned
-    from prunekit.serialization import TMP_PREFIX, TMP_SUFFIX
 
     out = tmp_path / "out"
     stale = out / f"{TMP_PREFIX}save-killed{TMP_SUFFIX}"

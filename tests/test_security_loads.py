@@ -24,14 +24,14 @@ from torch import nn
 import prunekit
 from conftest import toy_mlp
 from prunekit import MaskSet
-from prunekit.allocation import LayerCollapseWarning
 from prunekit.cli import main
-from prunekit.errors import DeviceError, DiskFullError, FileFormatError, StaleFileError
+from prunekit.core.allocation import LayerCollapseWarning
+from prunekit.core.errors import DeviceError, DiskFullError, FileFormatError, StaleFileError
+from prunekit.core.stamps import stamped
 from prunekit.experiments.config import config_hash, resolve
 from prunekit.experiments.runner import run_dir, run_experiment
 from prunekit.experiments.store import ResultsStore
 from prunekit.export import load_compressed_into, save_compressed
-from prunekit.stamps import stamped
 from prunekit.structured.serialize import load_pruned, save_pruned
 from prunekit.training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -264,7 +264,7 @@ def test_meta_device_model_is_refused_clearly(tmp_path):
 def test_masks_with_wrong_dtype_or_missing_metadata(tmp_path):
     from safetensors.torch import save_file
 
-    from prunekit.masks import FORMAT as masks_format
+    from prunekit.core.masks import FORMAT as masks_format
 
     path = tmp_path / "masks.safetensors"
     MaskSet({"0.weight": torch.ones(64, 32, dtype=torch.bool)}).save(path)
@@ -393,7 +393,7 @@ def test_corrupt_json_names_the_file(tmp_path, capsys):
 
 
 def test_disk_full_names_the_path_and_keeps_earlier_files(tmp_path, monkeypatch):
-    import prunekit.serialization as serialization
+    import prunekit.core.serialization as serialization
 
     path = tmp_path / "masks.safetensors"
     MaskSet({"w": torch.ones(4, 4, dtype=torch.bool)}).save(path)
@@ -412,7 +412,7 @@ def test_disk_full_names_the_path_and_keeps_earlier_files(tmp_path, monkeypatch)
 
 
 def test_disk_full_in_the_cli_is_one_line(tmp_path, monkeypatch, capsys):
-    import prunekit.serialization as serialization
+    import prunekit.core.serialization as serialization
 
     def full(tensors, filename, metadata=None):
         raise OSError(errno.ENOSPC, "No space left on device", filename)

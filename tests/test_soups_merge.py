@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import prunekit
-from prunekit.masks import MaskSet
-from prunekit.soups import (
+from prunekit.core.masks import MaskSet
+from prunekit.training.soups import (
     check_masks,
     greedy_soup,
     ingredient_variants,

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import prunekit
-from prunekit.soups import ingredient_variants, run_soup_phase
+from prunekit.training.soups import ingredient_variants, run_soup_phase
 
 _G = torch.Generator().manual_seed(0)
 X = torch.randn(192, 6, generator=_G)

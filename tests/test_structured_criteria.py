@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import prunekit.structured as st
-from prunekit.metrics import count_macs, count_params
+from prunekit.core.metrics import count_macs, count_params
 from prunekit.models import create_model
 
 

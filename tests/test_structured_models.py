@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import prunekit.structured as st
-from prunekit.metrics import count_macs, count_params
+from prunekit.core.metrics import count_macs, count_params
 from prunekit.models import create_model
 
 ZOO = [

@@ -18,8 +18,8 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         import prunekit
+        from prunekit.core.schedules import GMP
         from prunekit.data import TensorData
-        from prunekit.schedules import GMP
         from prunekit.training import CosineLR, GMPCallback, PruneSpec, Trainer
         from prunekit.training.distributed import masks_identical_across_ranks
 
@@ -74,7 +74,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 )
 def test_ddp_two_cpu_ranks_share_masks_and_keep_sparsity(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    from prunekit.masks import MaskSet
+    from prunekit.core.masks import MaskSet
 
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())

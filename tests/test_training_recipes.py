@@ -10,7 +10,7 @@ from torch import nn
 
 import prunekit
 from conftest import toy_bundle
-from prunekit.schedules import IMP
+from prunekit.core.schedules import IMP
 from prunekit.training import (
     PruneSpec,
     TrainSpec,

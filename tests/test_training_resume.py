@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import prunekit
+from prunekit.core.schedules import GMP
 from prunekit.data import CropFlip, TensorData
-from prunekit.schedules import GMP
 from prunekit.training import Callback, CosineLR, GMPCallback, PruneSpec, Trainer, make_optimizer
 from prunekit.training.checkpoint import checkpoint_file, load_checkpoint, save_checkpoint
 

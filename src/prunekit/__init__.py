@@ -15,23 +15,30 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 import torch as _torch
 
 from prunekit import structured
-from prunekit.allocation import list_allocations
-from prunekit.at_init import DensityTable, prune_at_init
+from prunekit.core.allocation import list_allocations
+from prunekit.core.at_init import DensityTable, prune_at_init
+from prunekit.core.errors import (
+    DeviceError,
+    DiskFullError,
+    FileFormatError,
+    PrunekitError,
+    StaleFileError,
+)
+from prunekit.core.masks import MaskEnforcer, MaskMismatchError, MaskSet
+from prunekit.core.metrics import count_macs, count_params
+from prunekit.core.pqi import SAPSchedule, pq_index, pq_index_report, sap_prune_count
+from prunekit.core.prune import compute_masks, prune, pruning_plan
+from prunekit.core.report import SparsityReport, sparsity_report
+from prunekit.core.schedules import create_schedule, list_schedules
+from prunekit.core.scores import ElementwiseScores, Scores, TensorScores
+from prunekit.core.targets import Targets, select_targets
 from prunekit.criteria import Criterion, create_criterion, list_methods, register_criterion
 from prunekit.criteria.gradient import MovementTracker
 from prunekit.data import DatasetBundle, create_dataset, list_datasets
 from prunekit.export import load_compressed, load_compressed_into, save_compressed
-from prunekit.masks import MaskEnforcer, MaskMismatchError, MaskSet
-from prunekit.metrics import count_macs, count_params
 from prunekit.models import create_model, list_models
-from prunekit.pqi import SAPSchedule, pq_index, pq_index_report, sap_prune_count
-from prunekit.prune import compute_masks, prune, pruning_plan
-from prunekit.report import SparsityReport, sparsity_report
-from prunekit.schedules import create_schedule, list_schedules
-from prunekit.scores import ElementwiseScores, Scores, TensorScores
-from prunekit.sparse_training import GraNet, RigL
-from prunekit.targets import Targets, select_targets
 from prunekit.training import Trainer
+from prunekit.training.sparse_training import GraNet, RigL
 
 if _TYPE_CHECKING:
     from prunekit.experiments.reload import LoadedRun as _LoadedRun
@@ -57,6 +64,11 @@ def load_run(
 
 
 __all__ = [
+    "DeviceError",
+    "DiskFullError",
+    "FileFormatError",
+    "PrunekitError",
+    "StaleFileError",
     "Criterion",
     "DatasetBundle",
     "DensityTable",

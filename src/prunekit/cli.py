@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from safetensors import SafetensorError
 
-from prunekit.errors import PrunekitError
+from prunekit.core.errors import PrunekitError
 
 # Modules that add sub-commands; a module that fails to import (missing optional dependency)
 # is skipped so that the other commands keep working.

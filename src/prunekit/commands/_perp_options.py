@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from prunekit._device import resolve_device
+from prunekit.core.device import resolve_device
 
 
 def add_perp_arguments(p: argparse.ArgumentParser) -> None:

@@ -25,7 +25,7 @@ A run of a model built by a module:function factory is rebuilt only with --allow
 
 
 def _copy_spec(run: Any, out: Path) -> list[Path]:
-    from prunekit.serialization import write_json
+    from prunekit.core.serialization import write_json
 
     write_json(run.spec, out / "model_spec.json")
     return [out / "model_spec.json"]
@@ -38,7 +38,7 @@ def _state(run: Any) -> dict[str, Any]:
 
 def export_safetensors(run: Any, out: Path) -> list[Path]:
     """``model.safetensors``: the final state_dict, readable by ``safetensors.torch.load_file``."""
-    from prunekit.serialization import save_safetensors
+    from prunekit.core.serialization import save_safetensors
 
     save_safetensors(_state(run), out / "model.safetensors", {"kind": "state_dict"})
     return [out / "model.safetensors", *_copy_spec(run, out)]
@@ -63,7 +63,7 @@ def export_hf(run: Any, out: Path) -> list[Path]:
             "compressed, onnx or torchscript"
         )
     # Written into a fresh folder of our own, then moved in file by file (atomic replace).
-    from prunekit.serialization import TMP_PREFIX, TMP_SUFFIX, check_write_path
+    from prunekit.core.serialization import TMP_PREFIX, TMP_SUFFIX, check_write_path
 
     with tempfile.TemporaryDirectory(dir=out, prefix=TMP_PREFIX, suffix=TMP_SUFFIX) as tmp:
         run.model.model.save_pretrained(tmp, safe_serialization=True)
@@ -93,7 +93,7 @@ def export_torchscript(run: Any, out: Path) -> list[Path]:
 
     import torch
 
-    from prunekit.serialization import atomic_path
+    from prunekit.core.serialization import atomic_path
 
     with warnings.catch_warnings():
         # tracer notes about Python control flow, and TorchScript's deprecation notice

@@ -7,7 +7,7 @@ import re
 import sys
 from collections.abc import Callable
 
-from prunekit.report import format_table
+from prunekit.core.report import format_table
 
 EXAMPLE = """examples:
   prunekit list                  every category
@@ -32,7 +32,7 @@ def _criteria() -> dict[str, str]:
 
 
 def _allocations() -> dict[str, str]:
-    from prunekit.allocation import ALLOCATIONS
+    from prunekit.core.allocation import ALLOCATIONS
 
     return {
         **ALLOCATIONS.describe(),

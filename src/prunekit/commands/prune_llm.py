@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prunekit._device import resolve_device
 from prunekit.commands._common import (
     add_progress_argument,
     add_threads_argument,
@@ -21,6 +20,7 @@ from prunekit.commands._perp_options import (
     reconstruct_from_args,
     retrain_from_args,
 )
+from prunekit.core.device import resolve_device
 
 EXAMPLE = """examples:
   prunekit prune-llm ./opt-125m --method sparsegpt --sparsity 0.5 --calib calib.txt \\
@@ -190,8 +190,8 @@ def _calibration(path: str | None):
 
     if path is None or not path.endswith(".safetensors"):
         return path
-    from prunekit.errors import FileFormatError
-    from prunekit.serialization import read_safetensors
+    from prunekit.core.errors import FileFormatError
+    from prunekit.core.serialization import read_safetensors
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"--calib: no such file {path!r}")

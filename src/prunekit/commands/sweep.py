@@ -28,10 +28,10 @@ The dense model is trained once per seed and shared; finished arms are skipped o
 
 def dry_run(cfg: ExperimentConfig) -> int:
     """Print every arm (validated) with its run folder and whether it is finished."""
+    from prunekit.core.report import format_table
     from prunekit.experiments.config import TRAINING_SCHEDULES
     from prunekit.experiments.runner import dense_dir, run_dir
     from prunekit.experiments.sweep import expand
-    from prunekit.report import format_table
 
     arms = expand(cfg)
     rows = []

@@ -11,8 +11,8 @@ from typing import Any
 
 from torch import nn
 
-from prunekit.registry import Registry
-from prunekit.scores import Scores
+from prunekit.core.registry import Registry
+from prunekit.core.scores import Scores
 
 
 class Criterion:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from prunekit.core.scores import ElementwiseScores, Scores, TensorScores
 from prunekit.criteria import Criterion, register_criterion
-from prunekit.scores import ElementwiseScores, Scores, TensorScores
 
 
 @register_criterion("magnitude")

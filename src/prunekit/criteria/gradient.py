@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunekit.core.scores import Scores, TensorScores
 from prunekit.criteria import Criterion, register_criterion
 from prunekit.criteria._batches import (
     LossFn,
@@ -36,7 +37,6 @@ from prunekit.criteria._batches import (
     model_device,
     untouched,
 )
-from prunekit.scores import Scores, TensorScores
 
 
 class DataCriterion(Criterion):
@@ -206,7 +206,7 @@ class MovementTracker:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         if params is None:
-            from prunekit.targets import select_targets
+            from prunekit.core.targets import select_targets
 
             params = select_targets(model)
         if not params:

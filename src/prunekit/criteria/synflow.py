@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunekit.core.scores import Scores, TensorScores
 from prunekit.criteria import Criterion, register_criterion
 from prunekit.criteria._batches import first_inputs, model_device
-from prunekit.scores import Scores, TensorScores
 
 
 @contextmanager

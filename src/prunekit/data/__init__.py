@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from prunekit.core.registry import Registry
 from prunekit.data.augment import CropFlip, random_crop, random_hflip
 from prunekit.data.base import DatasetBundle, TensorData, split_indices, split_train_val
 from prunekit.data.cifar import load_cifar
 from prunekit.data.safe_pickle import RestrictedUnpickler, restricted_load
 from prunekit.data.text import lm_chunks, split_tokens, tokenize_file
-from prunekit.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
 

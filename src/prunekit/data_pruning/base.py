@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunekit.registry import Registry
+from prunekit.core.registry import Registry
 from prunekit.training.recipes import TrainSpec
 
 __all__ = [
@@ -66,7 +66,7 @@ class ScoreContext:
     def resolved_device(self) -> torch.device:
         """``device``, else the device of ``model``, else ``train.device`` (``auto``: CUDA
         when available)."""
-        from prunekit._device import device_of, resolve_device
+        from prunekit.core.device import device_of, resolve_device
 
         if self.device is not None:
             return resolve_device(self.device, "device")

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from prunekit.core.serialization import load_safetensors, save_safetensors
 from prunekit.data_pruning.base import ScoreContext, compute_scores
 from prunekit.data_pruning.data import fingerprint
-from prunekit.serialization import load_safetensors, save_safetensors
 
 __all__ = ["FingerprintMismatch", "load_scores", "save_scores", "scores_cached"]
 

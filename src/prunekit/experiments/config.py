@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from prunekit.core.registry import Registry
 from prunekit.experiments.data_prune_config import DataPruneConfig
 from prunekit.experiments.typed import ConfigError, from_dict, set_path, to_dict
 from prunekit.experiments.yamlio import YAMLError, load_yaml
-from prunekit.registry import Registry
 
 __all__ = [
     "ConfigError",
@@ -82,7 +82,7 @@ def _key(path: str, name: str) -> str:
 def accepted_names() -> dict[str, list[str]]:
     """Config key -> the names its validator accepts, read from the registries themselves
     (``prunekit list`` shows every one; ``prune.allocation`` also takes N:M patterns)."""
-    from prunekit.allocation import ALLOCATIONS
+    from prunekit.core.allocation import ALLOCATIONS
     from prunekit.criteria import CRITERIA
     from prunekit.data import DATASETS
     from prunekit.models import MODELS
@@ -208,7 +208,7 @@ class TrainConfig:
         if self.lr <= 0:
             raise ConfigError(f"{_key(path, 'lr')}: expected a positive number")
         if self.device is not None:
-            from prunekit._device import resolve_device
+            from prunekit.core.device import resolve_device
 
             try:
                 resolve_device(self.device)
@@ -252,7 +252,7 @@ class TargetsConfig:
     def build(self) -> Any:
         import torch.nn as nn
 
-        from prunekit.targets import Targets
+        from prunekit.core.targets import Targets
 
         kwargs: dict[str, Any] = {
             "include": tuple(self.include),
@@ -394,7 +394,7 @@ _NM_SCHEDULES = ("one_shot", "at_init")
 
 
 def _nm(allocation: str) -> tuple[int, int] | None:
-    from prunekit.allocation import parse_nm
+    from prunekit.core.allocation import parse_nm
 
     return parse_nm(allocation)
 

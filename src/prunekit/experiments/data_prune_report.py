@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prunekit.report import format_table
+from prunekit.core.report import format_table
 
 __all__ = [
     "FractionRow",

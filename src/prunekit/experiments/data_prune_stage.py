@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.core.masks import MaskSet
+from prunekit.core.serialization import load_safetensors, read_json, save_safetensors, write_json
 from prunekit.data_pruning import (
     DATA_SCORES,
     DistillTrainer,
@@ -43,8 +45,6 @@ from prunekit.experiments.runner import (
     model_kwargs,
     read_state_dict,
 )
-from prunekit.masks import MaskSet
-from prunekit.serialization import load_safetensors, read_json, save_safetensors, write_json
 from prunekit.training.lr import make_lr_schedule
 from prunekit.training.trainer import Trainer, make_optimizer
 

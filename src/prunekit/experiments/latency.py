@@ -64,11 +64,11 @@ def measure_run_latency(
 
     Returns ``{"dense_ms", "final_ms", "measured_speedup", "sparse_layers", **options}``.
     """
+    from prunekit.core.masks import MaskSet
+    from prunekit.core.metrics import measure_latency
     from prunekit.experiments.config import load_config
     from prunekit.experiments.runner import build_data, build_model, read_state_dict
     from prunekit.export import load_compressed, to_sparse
-    from prunekit.masks import MaskSet
-    from prunekit.metrics import measure_latency
 
     root = Path(result["run_dir"])
     final_dir = root / "final"

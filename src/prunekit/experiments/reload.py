@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.masks import MaskSet
+from prunekit.core.masks import MaskSet
 
 __all__ = ["LoadedRun", "load_run"]
 
@@ -112,10 +112,10 @@ def load_run(
         factory: the model factory itself (called with the recorded kwargs) instead.
         device: where the model and masks go.
     """
+    from prunekit.core.serialization import load_safetensors
     from prunekit.experiments.sources import build_from_spec
     from prunekit.experiments.yamlio import YAMLError, load_yaml
     from prunekit.export import load_compressed
-    from prunekit.serialization import load_safetensors
 
     root = Path(run_dir)
     if not (root / "result.json").is_file():

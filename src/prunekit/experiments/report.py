@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prunekit.core.report import format_table
 from prunekit.experiments.latency import LatencyOptions
-from prunekit.report import format_table
 
 __all__ = [
     "ReportRow",
@@ -388,8 +388,8 @@ def write_report(
     table per group (``fraction_groups``), ``report_data_pruning.csv`` and
     ``accuracy_vs_kept_fraction[_<dataset>_<model>].png``.
     """
+    from prunekit.core.serialization import make_dirs, write_text_atomic
     from prunekit.experiments import data_prune_report as dpr
-    from prunekit.serialization import make_dirs, write_text_atomic
 
     skipped: list[tuple[str, str]] = []
     everything = collect_results(directory, skipped)

@@ -33,24 +33,12 @@ import torch
 import yaml
 from torch import nn
 
-from prunekit import stamps
-from prunekit.data import create_dataset
-from prunekit.data.base import DatasetBundle
-from prunekit.errors import DeviceError, FileFormatError, StaleFileError
-from prunekit.experiments.config import (
-    RECIPE_SCHEDULES,
-    TRAINING_SCHEDULES,
-    ExperimentConfig,
-    config_hash,
-    dense_hash,
-    ignores_sparsity,
-)
-from prunekit.experiments.store import ResultsStore
-from prunekit.experiments.typed import ConfigError, to_dict
-from prunekit.masks import MaskSet
-from prunekit.prune import compute_masks, pruning_plan
-from prunekit.schedules import BIMP, GMP, IMP
-from prunekit.serialization import (
+from prunekit.core import stamps
+from prunekit.core.errors import DeviceError, FileFormatError, StaleFileError
+from prunekit.core.masks import MaskSet
+from prunekit.core.prune import compute_masks, pruning_plan
+from prunekit.core.schedules import BIMP, GMP, IMP
+from prunekit.core.serialization import (
     check_state_fits,
     clean_stale_temps,
     load_safetensors,
@@ -64,6 +52,18 @@ from prunekit.serialization import (
     write_json,
     write_text_atomic,
 )
+from prunekit.data import create_dataset
+from prunekit.data.base import DatasetBundle
+from prunekit.experiments.config import (
+    RECIPE_SCHEDULES,
+    TRAINING_SCHEDULES,
+    ExperimentConfig,
+    config_hash,
+    dense_hash,
+    ignores_sparsity,
+)
+from prunekit.experiments.store import ResultsStore
+from prunekit.experiments.typed import ConfigError, to_dict
 from prunekit.training.lr import LRW, LRSchedule, make_lr_schedule, make_retrain_schedule
 from prunekit.training.recipes import GMPCallback, PruneSpec, TrainSpec, pruning_norm_change
 from prunekit.training.trainer import Callback, Trainer, evaluate, make_optimizer
@@ -783,8 +783,8 @@ def _run_sfw(ctx: _Context, model: nn.Module, sdir: Path) -> Any:
 def _sfw_final_model(ctx: _Context, model: nn.Module, result: Any) -> MaskSet:
     """The trained model compressed at the last level (masks; BatchNorm recalibrated as the
     recipe does). Low-rank levels change the architecture: the model stays uncompressed."""
-    from prunekit.soups import recalibrate_batchnorm
     from prunekit.training.sfw_recipe import _bn_batches
+    from prunekit.training.soups import recalibrate_batchnorm
 
     if result.masks is None:
         return MaskSet()
@@ -875,7 +875,7 @@ def final_metrics(
     cfg: ExperimentConfig, model: nn.Module, data: DatasetBundle, masks: MaskSet
 ) -> dict[str, Any]:
     """Costs, file sizes, latency and PQ indices of the final sparse model."""
-    from prunekit.metrics import file_sizes, measure_latency, model_costs, pq_indices
+    from prunekit.core.metrics import file_sizes, measure_latency, model_costs, pq_indices
 
     example = _example(data).to(next(model.parameters()).device)
     out: dict[str, Any] = {"costs": model_costs(model, example).to_dict()}
@@ -1075,9 +1075,9 @@ def dry_run(
     cfg: ExperimentConfig, out: Callable[[str], None] = print
 ) -> dict[str, tuple[int, int]]:
     """Print the resolved config and the per-layer pruning plan at the final sparsity; no training."""
+    from prunekit.core.report import format_table
     from prunekit.criteria import create_criterion
     from prunekit.experiments.sources import check_sources
-    from prunekit.report import format_table
 
     check_sources(cfg)
     out("# resolved config")

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from prunekit.errors import DiskFullError, FileFormatError
-from prunekit.serialization import check_write_path, make_dirs
+from prunekit.core.errors import DiskFullError, FileFormatError
+from prunekit.core.serialization import check_write_path, make_dirs
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from prunekit.errors import FileFormatError
-from prunekit.serialization import (
+from prunekit.core.errors import FileFormatError
+from prunekit.core.serialization import (
     check_state_fits,
     expect_format,
     load_safetensors,

@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from prunekit.serialization import atomic_path, make_dirs, write_text_atomic
+from prunekit.core.serialization import atomic_path, make_dirs, write_text_atomic
 
 __all__ = ["FORMATS", "load_compressed_tensors", "save_compressed_tensors"]
 

@@ -103,7 +103,7 @@ def to_onnx(
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     nbytes += sum(b.numel() * b.element_size() for b in model.buffers())
     external = nbytes > _EXTERNAL_DATA_BYTES
-    from prunekit.serialization import TMP_PREFIX, TMP_SUFFIX, check_write_path, make_dirs
+    from prunekit.core.serialization import TMP_PREFIX, TMP_SUFFIX, check_write_path, make_dirs
 
     make_dirs(target.parent)
     # Save into a private folder beside the target, then move into place (atomic per file).

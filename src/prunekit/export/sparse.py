@@ -344,7 +344,7 @@ def to_sparse(
     """Replace masked layers by sparse modules where that is measured to be faster.
 
     ``masks`` maps parameter names (``"fc.weight"``) to boolean keep-masks, e.g. a
-    :class:`~prunekit.masks.MaskSet`; without it the zeros of the weights are the mask. Each
+    :class:`~prunekit.core.masks.MaskSet`; without it the zeros of the weights are the mask. Each
     Linear (and, with ``include_conv``, 1x1 Conv2d) with at least ``min_sparsity`` zeros is timed
     dense and sparse on an input of ``batch_size`` rows (or the input it receives on
     ``example_inputs``) and converted only when sparse is ``min_gain`` times faster. On

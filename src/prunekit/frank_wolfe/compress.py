@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from prunekit.masks import MaskSet
-from prunekit.prune import prune
-from prunekit.targets import Targets, select_targets
+from prunekit.core.masks import MaskSet
+from prunekit.core.prune import prune
+from prunekit.core.targets import Targets, select_targets
 
 
 def prune_magnitude(

@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prunekit._device import arange_like
-from prunekit.registry import Registry
+from prunekit.core.device import arange_like
+from prunekit.core.registry import Registry
 
 CONSTRAINTS: Registry = Registry("constraint")
 

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.core.targets import Targets, select_targets
 from prunekit.frank_wolfe.constraints import CONSTRAINTS, Constraint, create_constraint
-from prunekit.targets import Targets, select_targets
 
 _K_KINDS = ("k_sparse", "k_support", "group_k_support", "spectral_k_support")
 _SPECTRAL_KINDS = ("spectral_k_support", "nuclear")

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from prunekit.serialization import atomic_path, make_dirs
+from prunekit.core.serialization import atomic_path, make_dirs
 
 __all__ = ["ActivationStore"]
 

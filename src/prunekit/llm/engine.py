@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunekit.core.masks import MaskSet
 from prunekit.llm.activations import ActivationStore
 from prunekit.llm.adapters import (
     ModelAdapter,
@@ -51,7 +52,6 @@ from prunekit.llm.methods import (
     wanda_scores,
 )
 from prunekit.llm.sparsegpt import sparsegpt_prune
-from prunekit.masks import MaskSet
 
 __all__ = ["LLMPruneConfig", "METHODS", "available_memory", "prune_llm"]
 

@@ -17,11 +17,11 @@ from typing import Any
 from safetensors import SafetensorError
 from torch import nn
 
-from prunekit.errors import FileFormatError
-from prunekit.masks import MaskSet
-from prunekit.report import sparsity_report
-from prunekit.safety import UnsafeFileError
-from prunekit.serialization import (
+from prunekit.core.errors import FileFormatError
+from prunekit.core.masks import MaskSet
+from prunekit.core.report import sparsity_report
+from prunekit.core.safety import UnsafeFileError
+from prunekit.core.serialization import (
     TMP_PREFIX,
     TMP_SUFFIX,
     atomic_path,

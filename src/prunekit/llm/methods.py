@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from prunekit.allocation import AllocationContext, keep_lowest_per_row, nm_masks, parse_nm
-from prunekit.scores import TensorScores
-from prunekit.selection import keep_masks_lowest_pruned
+from prunekit.core.allocation import AllocationContext, keep_lowest_per_row, nm_masks, parse_nm
+from prunekit.core.scores import TensorScores
+from prunekit.core.selection import keep_masks_lowest_pruned
 
 __all__ = [
     "check_pattern",

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prunekit.core.masks import MaskSet
 from prunekit.llm.adapters import ModelAdapter, get_adapter, linear_layers, model_device
 from prunekit.llm.calibration import (
     CalibrationSource,
@@ -30,7 +31,6 @@ from prunekit.llm.calibration import (
     load_calibration,
 )
 from prunekit.llm.lora import ADAPTER_KINDS, add_adapters, merge_adapters
-from prunekit.masks import MaskSet
 
 __all__ = [
     "PARAM_GROUPS",

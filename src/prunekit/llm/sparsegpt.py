@@ -16,7 +16,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from prunekit.allocation import largest_remainder
+from prunekit.core.allocation import largest_remainder
 
 __all__ = ["CholeskyError", "inverse_cholesky", "sparsegpt_prune"]
 

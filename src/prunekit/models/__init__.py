@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from prunekit.registry import Registry
+from prunekit.core.registry import Registry
 
 MODELS: Registry = Registry("model")
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from prunekit.registry import Registry
+from prunekit.core.registry import Registry
 from prunekit.structured.groups import ChannelGroup
 
 __all__ = [

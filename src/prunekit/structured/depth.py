@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prunekit._device import device_of
+from prunekit.core.device import device_of
 from prunekit.structured.graph import _call
 
 __all__ = ["block_influence", "drop_blocks", "find_block_container", "prune_depth"]

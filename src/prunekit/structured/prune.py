@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunekit.metrics import count_macs, count_params
+from prunekit.core.metrics import count_macs, count_params
 from prunekit.structured.allocation import _min_keep, allocate
 from prunekit.structured.criteria import group_importance
 from prunekit.structured.graph import DependencyGraph, _call, build_graph

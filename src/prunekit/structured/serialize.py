@@ -7,7 +7,7 @@ re-applies dropped blocks, reshapes tensors, restores attributes, then loads the
 
 The spec is data: loading never imports a ``module:function`` because the file names it. It is
 built only from the model registry, a ``transformers`` class (no remote code), or a factory the
-caller passes in code (``factory=`` or ``allow_import=``); see :mod:`prunekit.safety`.
+caller passes in code (``factory=`` or ``allow_import=``); see :mod:`prunekit.core.safety`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit._device import device_of
-from prunekit.errors import FileFormatError, PrunekitError
-from prunekit.safety import UnsafeFileError, resolve_callable, resolve_transformers_class
-from prunekit.serialization import (
+from prunekit.core.device import device_of
+from prunekit.core.errors import FileFormatError, PrunekitError
+from prunekit.core.safety import UnsafeFileError, resolve_callable, resolve_transformers_class
+from prunekit.core.serialization import (
     check_state_fits,
     load_safetensors,
     make_dirs,

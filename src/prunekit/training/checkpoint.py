@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunekit import stamps
-from prunekit.errors import FileFormatError
-from prunekit.masks import GRADIENT_MASKING_SAFE, MaskSet
-from prunekit.serialization import (
+from prunekit.core import stamps
+from prunekit.core.errors import FileFormatError
+from prunekit.core.masks import GRADIENT_MASKING_SAFE, MaskSet
+from prunekit.core.serialization import (
     check_state_fits,
     expect_format,
     load_safetensors,
@@ -115,8 +115,8 @@ def load_checkpoint(
     The load is transactional: the whole file is read and checked against ``model`` and
     ``optimizer`` (names, shapes, dtypes, optimizer state present and matching its parameter
     groups, masks, RNG state) before anything is copied, so on error both are left untouched.
-    When a stage stamp is active (:func:`prunekit.stamps.stamped`), a checkpoint written under another config or
-    stage is refused with :class:`~prunekit.errors.StaleFileError`.
+    When a stage stamp is active (:func:`prunekit.core.stamps.stamped`), a checkpoint written under another config or
+    stage is refused with :class:`~prunekit.core.errors.StaleFileError`.
     ``check_extra(extra)`` runs with those checks: a caller's own conditions on ``extra`` (e.g.
     the seed) also fail without touching anything.
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from prunekit.masks import MaskSet
+from prunekit.core.masks import MaskSet
 
 
 def shuffle_masks(masks: MaskSet, seed: int = 0) -> MaskSet:

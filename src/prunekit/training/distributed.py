@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from prunekit.masks import MaskSet
+from prunekit.core.masks import MaskSet
 
 
 def is_distributed() -> bool:

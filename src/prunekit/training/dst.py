@@ -1,6 +1,6 @@
 """RigL and GraNet as :class:`~prunekit.training.Trainer` callbacks.
 
-The callbacks build a :class:`~prunekit.sparse_training.RigL` / ``GraNet`` object on the
+The callbacks build a :class:`~prunekit.training.sparse_training.RigL` / ``GraNet`` object on the
 Trainer's model and optimizer when training starts, call it after every ``backward()`` and skip
 the optimizer step on a mask update (those gradients chose the new topology). The Trainer holds
 the masks, so they are enforced after every step and written to its checkpoints; the callback's
@@ -25,9 +25,9 @@ from typing import Any
 
 from torch import Tensor
 
-from prunekit.masks import MaskSet
-from prunekit.sparse_training import DynamicSparseTraining, GraNet, RigL
-from prunekit.targets import Targets
+from prunekit.core.masks import MaskSet
+from prunekit.core.targets import Targets
+from prunekit.training.sparse_training import DynamicSparseTraining, GraNet, RigL
 from prunekit.training.trainer import Callback, Trainer
 
 
@@ -43,7 +43,7 @@ class DSTCallback(Callback):
     """Shared machinery of :class:`RigLCallback` and :class:`GraNetCallback`.
 
     Attributes:
-        dst: the :class:`~prunekit.sparse_training.DynamicSparseTraining` object (built in
+        dst: the :class:`~prunekit.training.sparse_training.DynamicSparseTraining` object (built in
             ``on_fit_start``); ``dst.history`` has one summary per update and ``dst.last_update``
             the ``(dropped, grown)`` masks of the latest one.
     """
@@ -117,7 +117,7 @@ class RigLCallback(DSTCallback):
         masks: initial masks instead (default: the Trainer's masks if it has any).
         t_end: last step that may change the topology (default ``t_end_fraction`` of the run).
         t_end_fraction: RigL stops updating after 75% of training.
-        delta_t, alpha, allocation, targets, seed: see :class:`~prunekit.sparse_training.RigL`.
+        delta_t, alpha, allocation, targets, seed: see :class:`~prunekit.training.sparse_training.RigL`.
     """
 
     def __init__(
@@ -165,7 +165,7 @@ class GraNetCallback(DSTCallback):
         masks: initial masks instead (default: the Trainer's masks if it has any).
         t_start, t_prune_end, t_end: explicit step bounds (override the fractions).
         delta_t, regrow_fraction, allocation, targets, seed: see
-            :class:`~prunekit.sparse_training.GraNet`.
+            :class:`~prunekit.training.sparse_training.GraNet`.
     """
 
     def __init__(

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunekit.at_init import prune_at_init
+from prunekit.core.at_init import prune_at_init
+from prunekit.core.masks import MaskSet
+from prunekit.core.pqi import SAPSchedule, pq_index_report
+from prunekit.core.targets import Targets, select_targets
 from prunekit.data.base import DatasetBundle, TensorData
-from prunekit.masks import MaskSet
-from prunekit.pqi import SAPSchedule, pq_index_report
-from prunekit.targets import Targets, select_targets
 from prunekit.training.dst import DSTCallback, GraNetCallback, RigLCallback
 from prunekit.training.lr import LRSchedule
 from prunekit.training.recipes import (
@@ -277,7 +277,7 @@ def run_at_init(
 
     ``details["densities"]`` maps each layer to the density the criterion chose (what
     pruning at initialisation mostly contributes, Frankle et al. 2021) and
-    ``details["density_table"]`` is the full :class:`~prunekit.at_init.DensityTable`.
+    ``details["density_table"]`` is the full :class:`~prunekit.core.at_init.DensityTable`.
     ``phases[0].pruned`` holds the metrics right after pruning, ``final`` after training.
     """
     options = dict(criterion_options or {})

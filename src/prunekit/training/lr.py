@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
-from prunekit.registry import Registry
+from prunekit.core.registry import Registry
 
 RETRAIN_SCHEDULES: Registry = Registry("retraining schedule")
 WARMUP_FRACTION = 0.1

@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunekit.core.masks import MaskSet
+from prunekit.core.pqi import pq_index_report
+from prunekit.core.prune import compute_masks
+from prunekit.core.schedules import BIMP, GMP, IMP, OneShot
+from prunekit.core.targets import Targets
 from prunekit.data.base import DatasetBundle
-from prunekit.masks import MaskSet
-from prunekit.pqi import pq_index_report
-from prunekit.prune import compute_masks
-from prunekit.schedules import BIMP, GMP, IMP, OneShot
-from prunekit.targets import Targets
 from prunekit.training.controls import count_flops, scratch_iterations
 from prunekit.training.lr import (
     LRW,

@@ -22,16 +22,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunekit._device import resolve_device
+from prunekit.core.device import resolve_device
+from prunekit.core.masks import MaskSet
+from prunekit.core.prune import prune as prune_model
+from prunekit.core.serialization import write_json
+from prunekit.core.targets import Targets
 from prunekit.data.base import DatasetBundle
 from prunekit.frank_wolfe.compress import low_rank, prune_filters
 from prunekit.frank_wolfe.groups import constraints_for_model
 from prunekit.frank_wolfe.optimizer import RESCALE_MODES, SFW
-from prunekit.masks import MaskSet
-from prunekit.prune import prune as prune_model
-from prunekit.serialization import write_json
-from prunekit.soups import recalibrate_batchnorm
-from prunekit.targets import Targets
 from prunekit.training.lr import list_retrain_schedules, make_lr_schedule
 from prunekit.training.recipes import (
     ExperimentResult,
@@ -43,6 +42,7 @@ from prunekit.training.recipes import (
     _retrain_schedule,
     original_schedule,
 )
+from prunekit.training.soups import recalibrate_batchnorm
 from prunekit.training.trainer import Callback, Trainer, make_optimizer
 
 COMPRESS = ("magnitude", "filters", "low_rank")

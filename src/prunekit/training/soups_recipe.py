@@ -9,7 +9,7 @@ every ingredient's accuracy, both soups' and the prediction ensemble's.
 
 With ``out_dir`` every step is resumable: the dense run and every ingredient keep Trainer
 checkpoints, finished ingredients are files that a rerun loads instead of retraining
-(:func:`prunekit.soups.run_soup_phase`), and the pruning of a phase is a deterministic function
+(:func:`prunekit.training.soups.run_soup_phase`), and the pruning of a phase is a deterministic function
 of the soup before it, so rerunning the same call continues where it stopped.
 """
 
@@ -26,17 +26,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunekit._device import resolve_device
+from prunekit.core.device import resolve_device
+from prunekit.core.masks import MaskSet
+from prunekit.core.schedules import IMP
+from prunekit.core.serialization import make_dirs, write_json
 from prunekit.data.base import DatasetBundle, TensorData
-from prunekit.masks import MaskSet
-from prunekit.schedules import IMP
-from prunekit.serialization import make_dirs, write_json
-from prunekit.soups import (
-    _variant_digest,
-    ingredient_variants,
-    prediction_ensemble,
-    run_soup_phase,
-)
 from prunekit.training.distributed import dist_info, is_distributed
 from prunekit.training.lr import (
     LRSchedule,
@@ -55,6 +49,12 @@ from prunekit.training.recipes import (
     _prune_step,
     original_schedule,
     pruning_norm_change,
+)
+from prunekit.training.soups import (
+    _variant_digest,
+    ingredient_variants,
+    prediction_ensemble,
+    run_soup_phase,
 )
 from prunekit.training.trainer import Callback, Trainer, evaluate, make_optimizer
 
@@ -82,7 +82,7 @@ class SoupPhase(PhaseResult):
 
 @dataclass
 class TrainerRetrain:
-    """The ``retrain_fn`` of :func:`~prunekit.soups.run_soup_phase` backed by the Trainer.
+    """The ``retrain_fn`` of :func:`~prunekit.training.soups.run_soup_phase` backed by the Trainer.
 
     Picklable (a module-level class holding tensors and plain data), so it runs in spawned
     worker processes too. A variant is a dict with ``seed``, ``weight_decay``, ``iterations``,

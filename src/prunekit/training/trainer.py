@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prunekit._device import resolve_device
+from prunekit.core.device import resolve_device
+from prunekit.core.errors import FileFormatError
+from prunekit.core.masks import MaskEnforcer, MaskSet
 from prunekit.data.base import TensorData
-from prunekit.errors import FileFormatError
-from prunekit.masks import MaskEnforcer, MaskSet
 from prunekit.training.checkpoint import checkpoint_file, load_checkpoint, save_checkpoint
 from prunekit.training.distributed import (
     all_reduce_sum,
@@ -151,7 +151,7 @@ class Trainer:
         iterations / epochs: length of the run (default: the schedule's length).
         batch_size: examples per step (per process under DDP).
         val_data: evaluated at the end of each epoch when given.
-        masks: a :class:`~prunekit.masks.MaskSet` enforced after every optimizer step.
+        masks: a :class:`~prunekit.core.masks.MaskSet` enforced after every optimizer step.
         loss_fn: ``f(outputs, targets) -> loss`` (default cross-entropy; token-level for ``lm``).
         task: ``"classification"`` or ``"lm"`` (adds perplexity to the metrics).
         augment: ``f(x, generator) -> x`` applied to training batches.

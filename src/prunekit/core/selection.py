@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from prunekit.scores import Scores
+from prunekit.core.scores import Scores
 
 CHUNK = (
     1 << 20

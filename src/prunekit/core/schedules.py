@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from prunekit.registry import Registry
+from prunekit.core.registry import Registry
 
 SCHEDULES: Registry = Registry("schedule")
 

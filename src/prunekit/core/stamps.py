@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prunekit.errors import StaleFileError
+from prunekit.core.errors import StaleFileError
 
 STAMP_KEY = "stamp"
 

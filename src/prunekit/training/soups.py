@@ -33,11 +33,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunekit import stamps
-from prunekit._device import device_of
-from prunekit.errors import FileFormatError
-from prunekit.masks import MaskSet
-from prunekit.serialization import load_safetensors, make_dirs, save_safetensors, write_json
+from prunekit.core import stamps
+from prunekit.core.device import device_of
+from prunekit.core.errors import FileFormatError
+from prunekit.core.masks import MaskSet
+from prunekit.core.serialization import load_safetensors, make_dirs, save_safetensors, write_json
 
 StateDict = Mapping[str, Tensor]
 INGREDIENT_FORMAT = "prunekit.soup_ingredient/1"

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from prunekit.errors import PrunekitError
+from prunekit.core.errors import PrunekitError
 
 __all__ = [
     "UnsafeFileError",

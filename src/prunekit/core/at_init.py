@@ -14,10 +14,10 @@ from typing import Any
 
 from torch import nn
 
-from prunekit.masks import MaskSet
-from prunekit.prune import prune
-from prunekit.report import format_table
-from prunekit.targets import Targets
+from prunekit.core.masks import MaskSet
+from prunekit.core.prune import prune
+from prunekit.core.report import format_table
+from prunekit.core.targets import Targets
 
 
 @dataclass(frozen=True)

@@ -271,8 +271,8 @@ def model_costs(model: nn.Module, example_inputs: Any) -> ModelCosts:
 
 def file_sizes(model: nn.Module) -> dict[str, int]:
     """Bytes of the model saved dense (safetensors) and compressed (``prunekit.save_compressed``)."""
+    from prunekit.core.serialization import save_safetensors
     from prunekit.export import save_compressed
-    from prunekit.serialization import save_safetensors
 
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -320,9 +320,9 @@ def measure_latency(
 
 def pq_indices(model: nn.Module, masks: Any = None) -> dict[str, Any] | None:
     """PQ Index (Diao et al. 2023, p=0.5, q=1) per layer and over all layers, or ``None`` when
-    :mod:`prunekit.pqi` is unavailable: ``{"layers": {name: index}, "global": index}``."""
+    :mod:`prunekit.core.pqi` is unavailable: ``{"layers": {name: index}, "global": index}``."""
     try:
-        from prunekit.pqi import pq_index_report
+        from prunekit.core.pqi import pq_index_report
     except ImportError:  # optional module
         return None
     report = pq_index_report(model, masks)

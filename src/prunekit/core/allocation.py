@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from prunekit.registry import Registry
-from prunekit.scores import Scores, TensorScores
-from prunekit.selection import NonFiniteScoreError, keep_masks_lowest_pruned
+from prunekit.core.registry import Registry
+from prunekit.core.scores import Scores, TensorScores
+from prunekit.core.selection import NonFiniteScoreError, keep_masks_lowest_pruned
 
 _NM_PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 

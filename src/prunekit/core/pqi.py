@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunekit.masks import MaskSet
-from prunekit.scores import ElementwiseScores
-from prunekit.selection import keep_masks_lowest_pruned
-from prunekit.targets import Targets, select_targets
+from prunekit.core.masks import MaskSet
+from prunekit.core.scores import ElementwiseScores
+from prunekit.core.selection import keep_masks_lowest_pruned
+from prunekit.core.targets import Targets, select_targets
 
 
 def _check_pq(p: float, q: float) -> None:

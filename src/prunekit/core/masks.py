@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunekit.errors import FileFormatError
-from prunekit.serialization import (
+from prunekit.core.errors import FileFormatError
+from prunekit.core.serialization import (
     expect_format,
     load_safetensors,
     meta_entry,

@@ -1,6 +1,6 @@
 """Dynamic sparse training: RigL and GraNet, driven from any training loop.
 
-Both objects own a :class:`~prunekit.masks.MaskSet` and keep it enforced after every
+Both objects own a :class:`~prunekit.core.masks.MaskSet` and keep it enforced after every
 ``optimizer.step()`` (pruned weights and their optimizer state stay zero). Call them after
 ``loss.backward()`` and before ``optimizer.step()``; they return whether the step should proceed::
 
@@ -31,11 +31,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunekit.masks import MaskSet
-from prunekit.prune import compute_masks
-from prunekit.scores import ElementwiseScores
-from prunekit.selection import keep_masks_lowest_pruned
-from prunekit.targets import Targets
+from prunekit.core.masks import MaskSet
+from prunekit.core.prune import compute_masks
+from prunekit.core.scores import ElementwiseScores
+from prunekit.core.selection import keep_masks_lowest_pruned
+from prunekit.core.targets import Targets
 
 
 def cosine_decay(step: int, initial: float, t_end: int) -> float:

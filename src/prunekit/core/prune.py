@@ -9,19 +9,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.allocation import (
+from prunekit.core.allocation import (
     AllocationContext,
     allocate,
     parse_nm,
     plan_counts,
     validate_allocation,
 )
+from prunekit.core.errors import DeviceError
+from prunekit.core.masks import MaskSet
+from prunekit.core.selection import NonFiniteScoreError
+from prunekit.core.serialization import without_storage
+from prunekit.core.targets import Targets, select_targets
 from prunekit.criteria import create_criterion
-from prunekit.errors import DeviceError
-from prunekit.masks import MaskSet
-from prunekit.selection import NonFiniteScoreError
-from prunekit.serialization import without_storage
-from prunekit.targets import Targets, select_targets
 
 
 def _check_sparsity(sparsity: float | None, allocation: str) -> float | None:

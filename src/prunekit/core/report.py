@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from prunekit.masks import MaskSet
-from prunekit.targets import Targets, select_targets
+from prunekit.core.masks import MaskSet
+from prunekit.core.targets import Targets, select_targets
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from prunekit.errors import DiskFullError, FileFormatError
-from prunekit.safety import UnsafeFileError
+from prunekit.core.errors import DiskFullError, FileFormatError
+from prunekit.core.safety import UnsafeFileError
 
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device="cpu")
 
@@ -421,7 +421,7 @@ def check_state_fits(
         DeviceError: the model's weights live on the meta device (nothing to load them into).
         FileFormatError: a missing, unexpected or mismatched tensor (names ``path``).
     """
-    from prunekit.errors import DeviceError
+    from prunekit.core.errors import DeviceError
 
     own = model.state_dict()
     meta = [name for name, value in own.items() if without_storage(value)]
