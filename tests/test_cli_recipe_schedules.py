@@ -9,7 +9,14 @@ import shutil
 import pytest
 
 from prunekit.core.masks import MaskSet
-from prunekit.experiments.config import ConfigError, _recipe_options, resolve
+from prunekit.experiments.config import ConfigError, resolve
+from prunekit.recipes import get_recipe
+
+
+def _recipe_options(schedule: str) -> list[str]:
+    return get_recipe(schedule).option_names()
+
+
 from prunekit.experiments.report import aggregate, collect_results
 from prunekit.experiments.runner import build_data, build_model, run_dir, run_experiment
 from prunekit.experiments.sweep import expand

@@ -23,7 +23,8 @@ import prunekit
 from conftest import toy_mlp
 from prunekit.core.errors import FileFormatError
 from prunekit.core.serialization import read_json, write_json
-from prunekit.experiments.runner import _load_masks, _read_stage_json
+from prunekit.recipes.files import load_masks as _load_masks
+from prunekit.recipes.files import read_stage_json as _read_stage_json
 from prunekit.experiments.store import ResultsStore
 from prunekit.export import load_compressed_into, save_compressed
 from prunekit.structured.serialize import load_pruned, save_pruned
@@ -180,7 +181,7 @@ def test_corrupt_database_error_is_not_a_raw_sqlite_error(tmp_path):
 def test_dense_model_file(tmp_path):
     from safetensors.torch import save_file
 
-    from prunekit.experiments.runner import _load_state
+    from prunekit.recipes.files import load_state_file as _load_state
 
     path = tmp_path / "dense.safetensors"
     save_file({k: v.contiguous() for k, v in toy_mlp().state_dict().items()}, str(path))

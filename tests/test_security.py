@@ -174,13 +174,13 @@ def _atomic_path(path: Path) -> None:
 
 
 def _run_log(path: Path) -> None:
-    from prunekit.experiments.runner import RunLog
+    from prunekit.recipes.files import RunLog
 
     RunLog(path, quiet=True)("a log line")
 
 
 def _lock(path: Path) -> None:
-    from prunekit.experiments.runner import _locked
+    from prunekit.recipes.files import locked as _locked
 
     assert path.name == ".lock"
     with _locked(path.parent):
@@ -513,7 +513,7 @@ def test_sweep_workers_exit_when_the_parent_is_killed(tmp_path, sig):
 @pytest.mark.parametrize("where", ["top", "nested", "folder"])
 def test_stale_temp_files_are_removed_at_the_next_start(tmp_path, where):
     from prunekit.core.serialization import TMP_PREFIX, TMP_SUFFIX, atomic_path
-    from prunekit.experiments.runner import _locked
+    from prunekit.recipes.files import locked as _locked
 
     run = tmp_path / "run"
     sub = run / "phase_1" if where == "nested" else run

@@ -102,9 +102,9 @@ def test_masks_alone_copied_from_another_run_are_refused(tmp_path):
 
 def test_phase_checkpoint_copied_from_another_sparsity_is_refused(tmp_path, monkeypatch):
     """A 0.5 run killed after its phase checkpoint; that checkpoint copied into a 0.8 run."""
-    import prunekit.experiments.runner as runner
+    import prunekit.recipes.executor as runner
 
-    save_state = runner._save_state
+    save_state = runner.save_state
 
     def interrupt(model, path, meta=None):
         if path.parent.name == "phase_1":
@@ -112,10 +112,10 @@ def test_phase_checkpoint_copied_from_another_sparsity_is_refused(tmp_path, monk
         save_state(model, path, meta)
 
     half = resolve(tiny(tmp_path, 0.5))
-    monkeypatch.setattr(runner, "_save_state", interrupt)
+    monkeypatch.setattr(runner, "save_state", interrupt)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(half, quiet=True)
-    monkeypatch.setattr(runner, "_save_state", save_state)
+    monkeypatch.setattr(runner, "save_state", save_state)
     ckpt = run_dir(half) / "phase_1" / "ckpt" / "checkpoint.safetensors"
     assert ckpt.is_file()
 

@@ -41,9 +41,10 @@ def _allocations() -> dict[str, str]:
 
 
 def _schedules() -> dict[str, str]:
-    from prunekit.experiments.config import RUN_SCHEDULES
+    from prunekit.recipes import list_recipes, schedule_names
 
-    return RUN_SCHEDULES.describe()
+    names = schedule_names()  # data pruning is selected by data_prune.enabled instead
+    return {name: doc for name, doc in list_recipes().items() if name in names}
 
 
 def _retraining() -> dict[str, str]:

@@ -29,7 +29,7 @@ The dense model is trained once per seed and shared; finished arms are skipped o
 def dry_run(cfg: ExperimentConfig) -> int:
     """Print every arm (validated) with its run folder and whether it is finished."""
     from prunekit.core.report import format_table
-    from prunekit.experiments.config import TRAINING_SCHEDULES
+    from prunekit.experiments.config import trains_dense
     from prunekit.experiments.runner import dense_dir, run_dir
     from prunekit.experiments.sweep import expand
 
@@ -42,7 +42,7 @@ def dry_run(cfg: ExperimentConfig) -> int:
         level = f"{arm.sparsity:g}" if arm.fraction is None else f"kept {arm.fraction:g}"
         rows.append([arm.method, level, str(arm.seed), "yes" if done else "no",
                      str(directory)])  # fmt: skip
-        if arm.config.prune.schedule not in TRAINING_SCHEDULES:  # these train from scratch
+        if trains_dense(arm.config):  # the others train from scratch
             dense.add(str(dense_dir(arm.config)))
     print(format_table(["method", "sparsity", "seed", "finished", "run directory"], rows))
     todo = sum(row[3] == "no" for row in rows)

@@ -32,38 +32,32 @@ __all__ = [
     "PruneConfig",
     "RetrainConfig",
     "SweepConfig",
-    "RECIPE_SCHEDULES",
-    "TRAINING_SCHEDULES",
     "TargetsConfig",
     "TrainConfig",
     "config_hash",
     "dense_hash",
     "ignores_sparsity",
+    "schedule_names",
+    "trains_dense",
     "load_config",
     "parse_overrides",
     "resolve",
 ]
 
-# The schedules a config may name (``prune.schedule``), listed by ``prunekit list``.
-RUN_SCHEDULES: Registry = Registry("schedule")
-for _name, _doc in (
-    ("one_shot", "Prune the dense model once to the final sparsity, then retrain."),
-    ("imp", "Iterative magnitude pruning: prune-retrain phases (optionally rewinding)."),
-    ("bimp", "Budgeted IMP: linear-decay dense training, retraining split over the phases."),
-    ("gmp", "Gradual magnitude pruning during training (cubic schedule)."),
-    ("rigl", "RigL dynamic sparse training: drop by magnitude, grow by gradient."),
-    ("granet", "GraNet: gradual pruning plus RigL-style regrowth during training."),
-    ("at_init", "Prune the untrained model (e.g. snip, grasp, synflow), then train it sparse."),
-    ("soups", "Sparse Model Soups: average retrained copies of one pruned model per phase."),
-    ("sfw", "Stochastic Frank-Wolfe training in a constraint set, then compression."),
-    ("sap", "Sparsity-aware pruning rounds sized by the PQ Index."),
-):
-    RUN_SCHEDULES.register(_name, doc=_doc)(_name)
-SCHEDULE_NAMES = tuple(RUN_SCHEDULES.names())
-# Schedules that prune during (or before) one training run: no separate dense model.
-TRAINING_SCHEDULES = ("gmp", "rigl", "granet", "at_init", "sfw")
-# Schedules run by a whole recipe of prunekit.training (soups and sap prune the dense model).
-RECIPE_SCHEDULES = ("soups", "sfw", "sap")
+
+def _recipe(name: str) -> Any:
+    from prunekit.recipes.registry import get_recipe
+
+    return get_recipe(name)
+
+
+def schedule_names() -> list[str]:
+    """The recipes ``prune.schedule`` may name (the recipe registry; ``prunekit list``)."""
+    from prunekit.recipes.registry import schedule_names as names
+
+    return names()
+
+
 # Keys that change where or how a run is reported, not its result.
 _NOT_HASHED = ("name", "output", "tracker", "sweep")
 _TRAIN_NOT_HASHED = ("progress", "checkpoint_every", "threads")
@@ -96,7 +90,7 @@ def accepted_names() -> dict[str, list[str]]:
         "train.optimizer": list(typing.get_args(train["optimizer"])),
         "prune.criterion": CRITERIA.names(),
         "prune.allocation": ALLOCATIONS.names(),
-        "prune.schedule": RUN_SCHEDULES.names(),
+        "prune.schedule": schedule_names(),
         "retrain.schedule": RETRAIN_SCHEDULES.names(),
     }
     try:  # data-pruning scores, where this installation has them
@@ -333,7 +327,7 @@ class PruneConfig:
         if self.rewind_iteration < 0:
             raise ConfigError(f"{_key(path, 'rewind_iteration')}: expected >= 0")
         if self.options:
-            allowed = _recipe_options(self.schedule)
+            allowed = _recipe(self.schedule).option_names()
             for key in self.options:
                 if key not in allowed:
                     raise ConfigError(
@@ -373,10 +367,11 @@ class PruneConfig:
                 f"{implied:.4g}; leave sparsity out or set it to {implied:.4g}, "
                 f"got {self.sparsity}"
             )
-        if self.schedule not in _NM_SCHEDULES:
+        once = [n for n in schedule_names() if _recipe(n).prunes_once]
+        if self.schedule not in once:
             raise ConfigError(
                 f"{_key(path, 'schedule')}: N:M allocation {self.allocation!r} prunes to its "
-                f"fixed pattern in one step; use one of {', '.join(_NM_SCHEDULES)}, "
+                f"fixed pattern in one step; use one of {', '.join(once)}, "
                 f"got {self.schedule!r}"
             )
 
@@ -389,56 +384,10 @@ class PruneConfig:
             raise ConfigError(f"{_key(path, 'criterion_options')}: {err}") from None
 
 
-# Schedules that prune once, so that an N:M pattern (a fixed sparsity) fits them.
-_NM_SCHEDULES = ("one_shot", "at_init")
-
-
 def _nm(allocation: str) -> tuple[int, int] | None:
     from prunekit.core.allocation import parse_nm
 
     return parse_nm(allocation)
-
-
-# Recipe arguments the runner sets itself from other keys.
-_RECIPE_SET = {"model", "data", "train", "sparsity", "allocation", "targets", "method",
-               "checkpoint_dir", "checkpoint_every", "criterion_options", "num_batches",
-               "criterion_batch_size"}  # fmt: skip
-
-
-# Per recipe: further arguments set from other keys (``prune.phases``, ``retrain.*``, ...).
-_RECIPE_SET_EXTRA = {
-    "soups": {"prune", "phases", "retrain_epochs", "retrain_schedule", "out_dir", "pretrained",
-              "callbacks"},
-    "sfw": {"retrain_epochs", "retrain_schedule", "pretrained", "out_dir"},
-    "sap": {"retrain_epochs", "retrain_schedule", "pretrained"},
-}  # fmt: skip
-
-
-def _recipe_fn(schedule: str) -> Any:
-    if schedule in ("rigl", "granet", "sap"):
-        from prunekit.training import dst_recipes
-
-        return getattr(dst_recipes, f"run_{schedule}")
-    if schedule == "soups":
-        from prunekit.training.soups_recipe import run_soups
-
-        return run_soups
-    if schedule == "sfw":
-        from prunekit.training.sfw_recipe import run_sfw
-
-        return run_sfw
-    return None
-
-
-def _recipe_options(schedule: str) -> list[str]:
-    """Keyword options ``prune.options`` may set for ``schedule`` (its recipe's arguments)."""
-    import inspect
-
-    fn = _recipe_fn(schedule)
-    if fn is None:
-        return []
-    skip = _RECIPE_SET | _RECIPE_SET_EXTRA.get(schedule, set())
-    return [n for n in inspect.signature(fn).parameters if n not in skip]
 
 
 def sfw_spec_fields() -> list[str]:
@@ -568,7 +517,7 @@ class ExperimentConfig:
             self.checkpoint_digest = (self.dense_checkpoint, _file_digest(self.dense_checkpoint))
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.name):
             raise ConfigError(f"name: expected letters, digits, '_', '-' or '.', got {self.name!r}")
-        if self.dense_checkpoint is not None and self.prune.schedule in TRAINING_SCHEDULES:
+        if self.dense_checkpoint is not None and not trains_dense(self):
             raise ConfigError(
                 f"dense_checkpoint: schedule {self.prune.schedule!r} prunes during or before "
                 "training; leave it out"
@@ -596,15 +545,17 @@ class ExperimentConfig:
         return f"{p.criterion}-{p.allocation}-{p.schedule}"
 
 
+def trains_dense(cfg: ExperimentConfig) -> bool:
+    """True when the run starts from the shared dense model (its recipe has the dense stage)."""
+    return cfg.data_prune.enabled or bool(_recipe(cfg.prune.schedule).trains_dense)
+
+
 def ignores_sparsity(cfg: ExperimentConfig) -> bool:
-    """True when ``prune.sparsity`` does not change the run: ``sap`` picks its own sparsity,
-    ``sfw`` with explicit ``levels`` (or ``low_rank``) compresses at those levels."""
-    p = cfg.prune
-    if p.schedule == "sap":
-        return True
-    return p.schedule == "sfw" and (
-        "levels" in p.options or p.options.get("compress") == "low_rank"
-    )
+    """True when ``prune.sparsity`` does not change the run: the recipe picks its own levels
+    (``sap``: the PQ Index; ``sfw`` with explicit ``levels`` or ``low_rank``)."""
+    if cfg.data_prune.enabled:
+        return False
+    return bool(_recipe(cfg.prune.schedule).ignores_sparsity(cfg.prune.options))
 
 
 def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:

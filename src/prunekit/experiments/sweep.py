@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from prunekit.experiments.config import (
-    TRAINING_SCHEDULES,
     ExperimentConfig,
     ignores_sparsity,
+    trains_dense,
     resolve,
     runtime_of,
 )
@@ -153,7 +153,7 @@ def run_sweep(
     )
     dense: dict[str, ExperimentConfig] = {}
     for arm in todo:
-        if arm.config.prune.schedule not in TRAINING_SCHEDULES or arm.config.data_prune.enabled:
+        if trains_dense(arm.config):
             dense.setdefault(str(dense_dir(arm.config)), arm.config)
     threads = _threads(cfg, workers)
     failed: dict[str, str] = {}

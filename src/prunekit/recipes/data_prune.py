@@ -1,4 +1,4 @@
-"""The data-pruning stage of a run: score, select, train on the kept subset (optionally KD).
+"""Data pruning as a recipe: score, select, train on the kept subset (optionally KD).
 
 Outputs (``<run>/data_prune/``): ``selection.safetensors`` (the kept indices, with the score,
 fraction, rule and data fingerprint), ``model.safetensors`` and ``stage.json`` (written last).
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,39 +21,44 @@ import torch
 from torch import nn
 
 from prunekit.core.masks import MaskSet
-from prunekit.core.serialization import load_safetensors, read_json, save_safetensors, write_json
+from prunekit.core.serialization import load_safetensors, save_safetensors
 from prunekit.data_pruning import (
     DATA_SCORES,
     DistillTrainer,
     IndexView,
     ScoreContext,
+    compute_scores,
     fingerprint,
     labels_of,
     scores_cached,
     select,
     subset_iterations,
 )
-from prunekit.experiments.config import ExperimentConfig, dense_hash
-from prunekit.experiments.runner import (
-    _Context,
-    _dense_stage,
-    _load_state,
-    _locked,
-    _metrics,
-    _save_state,
-    _train_spec,
-    build_model,
-    model_kwargs,
-    read_state_dict,
-)
+from prunekit.recipes.context import RunContext
+from prunekit.recipes.dense import dense_stage
+from prunekit.recipes.executor import Stage
+from prunekit.recipes.files import locked, read_state_dict
+from prunekit.recipes.registry import Recipe, register_recipe
 from prunekit.training.lr import make_lr_schedule
 from prunekit.training.trainer import Trainer, make_optimizer
 
-__all__ = ["data_prune_stage", "scores_path"]
+__all__ = ["DataPruneOptions", "scores_path"]
 
 
-def scores_path(cfg: ExperimentConfig) -> Path:
+@dataclass
+class DataPruneOptions:
+    """``section``: the ``data_prune`` settings (:class:`~prunekit.experiments.config.DataPruneConfig`);
+    ``scores_file``: where the scores are cached, shared by runs with the same dense settings,
+    score and options (None: computed in memory)."""
+
+    section: Any
+    scores_file: Path | None = None
+
+
+def scores_path(cfg: Any) -> Path:
     """Where the scores of ``cfg`` are cached (keyed by the dense settings, score, options)."""
+    from prunekit.experiments.config import dense_hash
+
     dp = cfg.data_prune
     key = {"dense": dense_hash(cfg, cfg.train.lr_schedule), "score": dp.score,
            "options": dp.options}  # fmt: skip
@@ -60,35 +66,33 @@ def scores_path(cfg: ExperimentConfig) -> Path:
     return Path(cfg.output) / "data_scores" / f"{dp.score}-{digest}" / "scores.safetensors"
 
 
-def _score_context(ctx: _Context, teacher: nn.Module, ckpt: Path) -> ScoreContext:
-    from prunekit.models import create_model
-
-    cfg, data = ctx.cfg, ctx.data
-
-    def make_model(seed: int) -> nn.Module:
-        torch.manual_seed(seed)
-        return create_model(cfg.model.name, **model_kwargs(cfg, data))
-
+def _score_context(ctx: RunContext, teacher: nn.Module, ckpt: Path | None) -> ScoreContext:
     return ScoreContext(
-        data=data.train,
-        num_classes=data.num_classes,
-        make_model=make_model,
+        data=ctx.data.train,
+        num_classes=ctx.data.num_classes,
+        make_model=_factory(ctx),
         model=teacher,
-        train=_train_spec(cfg),
-        seed=cfg.seed,
-        batch_size=max(cfg.train.batch_size, 256),
-        augment=data.augment,
+        train=ctx.train,
+        seed=ctx.train.seed,
+        batch_size=max(ctx.train.batch_size, 256),
+        augment=ctx.data.augment,
         checkpoint_dir=ckpt,
-        checkpoint_every=cfg.train.checkpoint_every,
+        checkpoint_every=ctx.train.checkpoint_every,
     )
 
 
-def _selection(ctx: _Context, teacher: nn.Module, sdir: Path) -> tuple[torch.Tensor, dict]:
+def _factory(ctx: RunContext):
+    if ctx.model_factory is None:
+        raise ValueError("model_factory: data pruning builds fresh models; give a factory")
+    return ctx.model_factory
+
+
+def _selection(ctx: RunContext, teacher: nn.Module, sdir: Path | None) -> tuple[torch.Tensor, dict]:
     """The kept indices: read from the run when selected before, else scored and selected."""
-    cfg, dp = ctx.cfg, ctx.cfg.data_prune
-    path = sdir / "selection.safetensors"
+    dp = ctx.options.section
+    path = None if sdir is None else sdir / "selection.safetensors"
     fp = fingerprint(ctx.data.train)
-    if path.is_file():
+    if path is not None and path.is_file():
         tensors, meta = load_safetensors(path)
         if meta.get("fingerprint") != fp:
             raise ValueError(
@@ -96,13 +100,17 @@ def _selection(ctx: _Context, teacher: nn.Module, sdir: Path) -> tuple[torch.Ten
                 "directory to select again"
             )
         return tensors["indices"], meta
-    spath = scores_path(cfg)
-    with _locked(spath.parent):  # parallel sweep arms share one scoring
-        scores, smeta = scores_cached(
-            str(dp.score), _score_context(ctx, teacher, spath.parent / "ckpt"), spath,
-            options=dp.options, on_mismatch=dp.on_mismatch, data_fingerprint=fp,
-        )  # fmt: skip
-        shutil.rmtree(spath.parent / "ckpt", ignore_errors=True)
+    spath = ctx.options.scores_file
+    if spath is None:
+        scores = compute_scores(str(dp.score), _score_context(ctx, teacher, None), **dp.options)
+        smeta = {"reused": False, "seconds": float("nan")}
+    else:
+        with locked(spath.parent):  # parallel sweep arms share one scoring
+            scores, smeta = scores_cached(
+                str(dp.score), _score_context(ctx, teacher, spath.parent / "ckpt"), spath,
+                options=dp.options, on_mismatch=dp.on_mismatch, data_fingerprint=fp,
+            )  # fmt: skip
+            shutil.rmtree(spath.parent / "ckpt", ignore_errors=True)
     ctx.log(
         f"data scores {dp.score}: {'reused' if smeta['reused'] else 'computed'} {spath}"
         + ("" if smeta["reused"] else f" ({smeta['seconds']:.1f} s)")
@@ -123,7 +131,8 @@ def _selection(ctx: _Context, teacher: nn.Module, sdir: Path) -> tuple[torch.Ten
         "score_seconds": float(smeta.get("seconds", float("nan"))),
         "scores_reused": bool(smeta["reused"]),
     }
-    save_safetensors({"indices": chosen.indices}, path, meta)
+    if path is not None:
+        save_safetensors({"indices": chosen.indices}, path, meta)
     return chosen.indices, meta
 
 
@@ -138,31 +147,23 @@ def _load_teacher(teacher: nn.Module, path: Path) -> None:
         ) from None
 
 
-def data_prune_stage(
-    ctx: _Context, model: nn.Module, root: Path
-) -> tuple[dict[str, Any], MaskSet, list[dict[str, Any]], dict[str, Any]]:
-    """Dense model (the teacher), scores, selection, subset training; ``model`` ends up holding
-    the subset-trained weights. Returns (dense result, empty masks, phases, extra result keys)."""
-    cfg, dp = ctx.cfg, ctx.cfg.data_prune
-    DATA_SCORES.get(str(dp.score), argument="data_prune.score")
-    dense = _dense_stage(ctx, model)
-    sdir = root / "data_prune"
-    done = sdir / "stage.json"
-    if done.is_file():
-        _load_state(model, sdir / "model.safetensors")
-        stage = read_json(done)
-        return dense, MaskSet(), stage["phases"], stage["extra"]
-    sdir.mkdir(parents=True, exist_ok=True)
+def _train_subset(ctx: RunContext, sdir: Path | None) -> dict[str, Any]:
+    """Score and select with the dense model (the teacher), then train a fresh copy of the
+    initialisation on the kept subset (optionally distilling); ``ctx.model`` ends up holding it."""
+    dp = ctx.options.section
+    model = ctx.model
     indices, meta = _selection(ctx, model, sdir)
-    t = cfg.train
+    t = ctx.train
     its = subset_iterations(dp.budget, len(indices), len(ctx.data.train), t.batch_size, t.epochs)
-    student = build_model(cfg, ctx.data)  # the dense run's initialisation
+    student = _factory(ctx)(t.seed)  # the dense run's initialisation
     optimizer = make_optimizer(student, t.optimizer, t.lr, t.momentum, t.weight_decay, t.nesterov)
     schedule = make_lr_schedule(t.lr_schedule, t.lr, its)
+    ckpt = None if sdir is None else sdir / "ckpt"
     kwargs: dict[str, Any] = dict(
         optimizer=optimizer, lr_schedule=schedule, iterations=its, batch_size=t.batch_size,
-        task=ctx.data.task, augment=ctx.data.augment, device=t.device, seed=cfg.seed,
-        progress=t.progress, checkpoint_dir=sdir / "ckpt", checkpoint_every=t.checkpoint_every,
+        task=ctx.data.task, augment=ctx.data.augment, device=t.device, seed=t.seed,
+        progress=t.progress, checkpoint_dir=ckpt,
+        checkpoint_every=t.checkpoint_every if ckpt is not None else None,
     )  # fmt: skip
     subset = IndexView(ctx.data.train, indices)
     kd = dp.kd.alpha > 0
@@ -172,7 +173,7 @@ def data_prune_stage(
         + (f", KD alpha={dp.kd.alpha} tau={dp.kd.tau}" if kd else "")
     )
     if kd:
-        teacher = build_model(cfg, ctx.data)
+        teacher = _factory(ctx)(t.seed)
         if dp.kd.teacher is None:
             teacher.load_state_dict(model.state_dict())
         else:
@@ -184,7 +185,8 @@ def data_prune_stage(
         trainer = Trainer(student, subset, **kwargs)
     trainer.fit(resume=True)
     model.load_state_dict(student.state_dict())
-    metrics = _metrics(model, ctx.data)
+    ctx.masks = MaskSet()
+    metrics = ctx.metrics()
     phases = [
         {
             "phase": 1,
@@ -206,11 +208,35 @@ def data_prune_stage(
             else None,
             "budget": dp.budget,
             "iterations": its,
-            "selection_file": str(sdir / "selection.safetensors"),
+            "selection_file": None if sdir is None else str(sdir / "selection.safetensors"),
         },
     }
-    _save_state(model, sdir / "model.safetensors")
-    write_json({"phases": phases, "extra": extra}, done)
-    shutil.rmtree(sdir / "ckpt", ignore_errors=True)
     ctx.log(f"data pruning: trained ({', '.join(f'{k}={v:.4f}' for k, v in metrics.items())})")
-    return dense, MaskSet(), phases, extra
+    return {"phases": phases, "extra": extra}
+
+
+def _apply(ctx: RunContext, record: dict[str, Any]) -> None:
+    ctx.masks = MaskSet()
+    ctx.phases.extend(record["phases"])
+    ctx.extra.update(record["extra"])
+
+
+def _stages(ctx: RunContext) -> list[Stage]:
+    DATA_SCORES.get(str(ctx.options.section.score), argument="data_prune.score")
+    return [dense_stage(), Stage("data_prune", _train_subset, _apply, keeps_masks=False)]
+
+
+def _configure(cfg: Any) -> DataPruneOptions:
+    return DataPruneOptions(cfg.data_prune, scores_path(cfg))
+
+
+register_recipe(
+    Recipe(
+        "data_prune",
+        "Data pruning: score the training examples, train on the kept subset (optionally KD).",
+        _configure,
+        _stages,
+        selected_by="data_prune.enabled",
+        prunes_weights=False,
+    )
+)
