@@ -10,18 +10,16 @@ import pytest
 
 from prunekit.core.masks import MaskSet
 from prunekit.experiments.config import ConfigError, resolve
-from prunekit.recipes import get_recipe
-
-
-def _recipe_options(schedule: str) -> list[str]:
-    return get_recipe(schedule).option_names()
-
-
 from prunekit.experiments.report import aggregate, collect_results
 from prunekit.experiments.runner import build_data, build_model, run_dir, run_experiment
 from prunekit.experiments.sweep import expand
 from prunekit.export import load_compressed
+from prunekit.recipes import get_recipe
 from prunekit.training.trainer import evaluate
+
+
+def _recipe_options(schedule: str) -> list[str]:
+    return get_recipe(schedule).option_names()
 
 
 def tiny(tmp_path, schedule: str, options: dict | None = None, **prune) -> dict:

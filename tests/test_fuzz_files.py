@@ -23,10 +23,10 @@ import prunekit
 from conftest import toy_mlp
 from prunekit.core.errors import FileFormatError
 from prunekit.core.serialization import read_json, write_json
-from prunekit.recipes.files import load_masks as _load_masks
-from prunekit.recipes.files import read_stage_json as _read_stage_json
 from prunekit.experiments.store import ResultsStore
 from prunekit.export import load_compressed_into, save_compressed
+from prunekit.recipes.files import load_masks as _load_masks
+from prunekit.recipes.files import read_stage_json as _read_stage_json
 from prunekit.structured.serialize import load_pruned, save_pruned
 from prunekit.training.checkpoint import load_checkpoint, save_checkpoint
 

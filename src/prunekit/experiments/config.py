@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from prunekit.core.registry import Registry
 from prunekit.experiments.data_prune_config import DataPruneConfig
 from prunekit.experiments.typed import ConfigError, from_dict, set_path, to_dict
 from prunekit.experiments.yamlio import YAMLError, load_yaml

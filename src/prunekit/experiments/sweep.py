@@ -19,9 +19,9 @@ from typing import Any
 from prunekit.experiments.config import (
     ExperimentConfig,
     ignores_sparsity,
-    trains_dense,
     resolve,
     runtime_of,
+    trains_dense,
 )
 from prunekit.experiments.data_prune_config import data_prune_axes
 from prunekit.experiments.orphans import exit_with_parent
