@@ -31,6 +31,7 @@ __all__ = [
     "Recipe",
     "TrainSpec",
     "bimp",
+    "data_prune",
     "get_recipe",
     "gmp",
     "imp",
@@ -41,7 +42,7 @@ __all__ = [
 ]
 
 _API = {"one_shot": "prune_retrain", "imp": "prune_retrain", "bimp": "prune_retrain",
-        "gmp": "gmp"}  # fmt: skip
+        "gmp": "gmp", "data_prune": "data_prune"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
@@ -49,5 +50,5 @@ def __getattr__(name: str) -> Any:
     if name in _API:
         import importlib
 
-        return getattr(importlib.import_module(f"prunekit.recipes.{_API[name]}"), name)
+        return getattr(importlib.import_module(f"prunekit.recipes.methods.{_API[name]}"), name)
     raise AttributeError(f"module 'prunekit.recipes' has no attribute {name!r}")

@@ -19,12 +19,12 @@ from torch import Tensor, nn
 from prunekit.core.masks import MaskSet
 from prunekit.core.prune import compute_masks
 from prunekit.data.base import DatasetBundle
-from prunekit.recipes.gmp import GMPCallback  # noqa: E402
-from prunekit.recipes.gmp import gmp as run_gmp  # noqa: E402
-from prunekit.recipes.prune_retrain import bimp as run_bimp  # noqa: E402
-from prunekit.recipes.prune_retrain import imp as run_imp  # noqa: E402
-from prunekit.recipes.prune_retrain import one_shot as run_one_shot  # noqa: E402
-from prunekit.recipes.prune_retrain import pruning_norm_change  # noqa: E402
+from prunekit.recipes.methods.gmp import GMPCallback  # noqa: E402
+from prunekit.recipes.methods.gmp import gmp as run_gmp  # noqa: E402
+from prunekit.recipes.methods.prune_retrain import bimp as run_bimp  # noqa: E402
+from prunekit.recipes.methods.prune_retrain import imp as run_imp  # noqa: E402
+from prunekit.recipes.methods.prune_retrain import one_shot as run_one_shot  # noqa: E402
+from prunekit.recipes.methods.prune_retrain import pruning_norm_change  # noqa: E402
 from prunekit.recipes.spec import (  # noqa: E402
     ExperimentResult,
     PhaseResult,

@@ -10,10 +10,12 @@ Scores are shared by every run with the same dense settings, score and options:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +44,34 @@ from prunekit.recipes.registry import Recipe, register_recipe
 from prunekit.training.lr import make_lr_schedule
 from prunekit.training.trainer import Trainer, make_optimizer
 
-__all__ = ["DataPruneOptions", "scores_path"]
+__all__ = ["DataPruneOptions", "data_prune", "scores_path"]
 
 
 @dataclass
 class DataPruneOptions:
-    """``section``: the ``data_prune`` settings (:class:`~prunekit.experiments.config.DataPruneConfig`);
-    ``scores_file``: where the scores are cached, shared by runs with the same dense settings,
-    score and options (None: computed in memory)."""
+    """What to keep and how to train on it.
 
-    section: Any
+    ``score`` (a registered data score, ``prunekit list "data scores"``) with ``options`` (its
+    keyword options); keep ``fraction`` of the training set: ``keep`` = ``hard``, ``easy`` or
+    ``auto`` (hard when ``fraction >= auto_threshold``); ``class_balanced`` keeps each class's
+    share; ``budget``: ``epochs`` (the dense run's epochs over the subset) or ``iterations``
+    (the dense run's step count); ``kd_alpha`` > 0 distils from the dense model (or the
+    ``kd_teacher`` state_dict file) at temperature ``kd_tau``; ``scores_file``: where the scores
+    are cached, shared by runs with the same dense settings, score and options (None: computed
+    in memory); ``on_mismatch``: what a cached file of other data does (``recompute``/``error``).
+    """
+
+    score: str
+    fraction: float = 0.5
+    keep: str = "auto"
+    auto_threshold: float = 0.5
+    class_balanced: bool = False
+    budget: str = "epochs"
+    kd_alpha: float = 0.0
+    kd_tau: float = 4.0
+    kd_teacher: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    on_mismatch: str = "recompute"
     scores_file: Path | None = None
 
 
@@ -89,7 +109,7 @@ def _factory(ctx: RunContext):
 
 def _selection(ctx: RunContext, teacher: nn.Module, sdir: Path | None) -> tuple[torch.Tensor, dict]:
     """The kept indices: read from the run when selected before, else scored and selected."""
-    dp = ctx.options.section
+    dp: DataPruneOptions = ctx.options
     path = None if sdir is None else sdir / "selection.safetensors"
     fp = fingerprint(ctx.data.train)
     if path is not None and path.is_file():
@@ -150,7 +170,7 @@ def _load_teacher(teacher: nn.Module, path: Path) -> None:
 def _train_subset(ctx: RunContext, sdir: Path | None) -> dict[str, Any]:
     """Score and select with the dense model (the teacher), then train a fresh copy of the
     initialisation on the kept subset (optionally distilling); ``ctx.model`` ends up holding it."""
-    dp = ctx.options.section
+    dp: DataPruneOptions = ctx.options
     model = ctx.model
     indices, meta = _selection(ctx, model, sdir)
     t = ctx.train
@@ -166,20 +186,20 @@ def _train_subset(ctx: RunContext, sdir: Path | None) -> dict[str, Any]:
         checkpoint_every=t.checkpoint_every if ckpt is not None else None,
     )  # fmt: skip
     subset = IndexView(ctx.data.train, indices)
-    kd = dp.kd.alpha > 0
+    kd = dp.kd_alpha > 0
     ctx.log(
         f"data pruning: training on {len(indices)} of {len(ctx.data.train)} examples "
         f"({meta['rule']}, {dp.score}), {its} iterations"
-        + (f", KD alpha={dp.kd.alpha} tau={dp.kd.tau}" if kd else "")
+        + (f", KD alpha={dp.kd_alpha} tau={dp.kd_tau}" if kd else "")
     )
     if kd:
         teacher = _factory(ctx)(t.seed)
-        if dp.kd.teacher is None:
+        if dp.kd_teacher is None:
             teacher.load_state_dict(model.state_dict())
         else:
-            _load_teacher(teacher, Path(dp.kd.teacher))
+            _load_teacher(teacher, Path(dp.kd_teacher))
         trainer: Trainer = DistillTrainer(
-            student, subset, teacher=teacher, alpha=dp.kd.alpha, tau=dp.kd.tau, **kwargs
+            student, subset, teacher=teacher, alpha=dp.kd_alpha, tau=dp.kd_tau, **kwargs
         )
     else:
         trainer = Trainer(student, subset, **kwargs)
@@ -203,7 +223,7 @@ def _train_subset(ctx: RunContext, sdir: Path | None) -> dict[str, Any]:
         "target_sparsity": 0.0,
         "data_prune": {
             **meta,
-            "kd": {"alpha": dp.kd.alpha, "tau": dp.kd.tau, "teacher": dp.kd.teacher or "dense"}
+            "kd": {"alpha": dp.kd_alpha, "tau": dp.kd_tau, "teacher": dp.kd_teacher or "dense"}
             if kd
             else None,
             "budget": dp.budget,
@@ -222,12 +242,26 @@ def _apply(ctx: RunContext, record: dict[str, Any]) -> None:
 
 
 def _stages(ctx: RunContext) -> list[Stage]:
-    DATA_SCORES.get(str(ctx.options.section.score), argument="data_prune.score")
+    DATA_SCORES.get(str(ctx.options.score), argument="data_prune.score")
     return [dense_stage(), Stage("data_prune", _train_subset, _apply, keeps_masks=False)]
 
 
 def _configure(cfg: Any) -> DataPruneOptions:
-    return DataPruneOptions(cfg.data_prune, scores_path(cfg))
+    dp = cfg.data_prune
+    return DataPruneOptions(
+        score=dp.score,
+        fraction=dp.fraction,
+        keep=dp.keep,
+        auto_threshold=dp.auto_threshold,
+        class_balanced=dp.class_balanced,
+        budget=dp.budget,
+        kd_alpha=dp.kd.alpha,
+        kd_tau=dp.kd.tau,
+        kd_teacher=dp.kd.teacher,
+        options=dict(dp.options),
+        on_mismatch=dp.on_mismatch,
+        scores_file=scores_path(cfg),
+    )
 
 
 register_recipe(
@@ -240,3 +274,64 @@ register_recipe(
         prunes_weights=False,
     )
 )
+
+
+def data_prune(
+    model: nn.Module,
+    data: Any,
+    train: Any,
+    *,
+    model_factory: Callable[[int], nn.Module],
+    score: str,
+    fraction: float = 0.5,
+    keep: str = "auto",
+    auto_threshold: float = 0.5,
+    class_balanced: bool = False,
+    budget: str = "epochs",
+    kd_alpha: float = 0.0,
+    kd_tau: float = 4.0,
+    kd_teacher: str | None = None,
+    options: dict[str, Any] | None = None,
+    pretrained: bool = False,
+) -> Any:
+    """Data pruning: train ``model`` densely (unless ``pretrained``), score the training
+    examples with it, keep ``fraction`` of them and train a fresh copy of the initialisation
+    (``model_factory(train.seed)``) on that subset; ``model`` ends up holding the result.
+
+    ``model_factory(seed)`` builds the architecture under ``torch.manual_seed(seed)`` (scores
+    such as EL2N train several fresh models). See :class:`DataPruneOptions` for the rest.
+    Returns an :class:`~prunekit.recipes.spec.ExperimentResult` whose ``details`` hold the
+    selection (rule, kept count, score time).
+    """
+    from prunekit.recipes.executor import execute
+    from prunekit.recipes.spec import ExperimentResult, PhaseResult, PruneSpec
+
+    opts = DataPruneOptions(
+        score=score,
+        fraction=fraction,
+        keep=keep,
+        auto_threshold=auto_threshold,
+        class_balanced=class_balanced,
+        budget=budget,
+        kd_alpha=kd_alpha,
+        kd_tau=kd_tau,
+        kd_teacher=kd_teacher,
+        options=dict(options or {}),
+    )
+    ctx = RunContext(
+        model, data, train, PruneSpec(sparsity=0.0), options=opts, pretrained=pretrained,
+        model_factory=model_factory,
+    )  # fmt: skip
+    execute(_stages(ctx), ctx)
+    phases = [PhaseResult(**p) for p in ctx.phases]
+    return ExperimentResult(
+        "data_prune",
+        ctx.dense["metrics"],
+        phases,
+        phases[-1].retrained,
+        ctx.dense_iterations,
+        phases[-1].retrain_iterations,
+        {"train": dataclasses.asdict(train), "data_prune": dataclasses.asdict(opts)},
+        ctx.masks,
+        details=dict(ctx.extra["data_prune"]),
+    )
