@@ -55,7 +55,7 @@ from prunekit.recipes.context import RunContext
 from prunekit.recipes.dense import dense_stage
 from prunekit.recipes.executor import execute
 from prunekit.recipes.files import RunLog, load_state_file, locked, read_state_dict
-from prunekit.recipes.registry import Recipe, get_recipe
+from prunekit.recipes.registry import Recipe, recipe_for
 from prunekit.recipes.spec import PruneSpec, TrainSpec
 
 __all__ = [
@@ -76,7 +76,7 @@ __all__ = [
 # ---------------------------------------------------------------------- paths
 def recipe_of(cfg: ExperimentConfig) -> Recipe:
     """The registered recipe ``cfg`` runs (``data_prune`` when data pruning is enabled)."""
-    return get_recipe("data_prune" if cfg.data_prune.enabled else cfg.prune.schedule)
+    return recipe_for(cfg)
 
 
 def run_dir(cfg: ExperimentConfig) -> Path:

@@ -1,7 +1,7 @@
 """The recipe registry: every published method is one entry that builds its stages.
 
 ``prunekit run`` looks the config's ``prune.schedule`` up here (``data_prune`` when
-``data_prune.enabled``); ``prunekit list``, the config validator and the docs table read the
+``data_prune.score`` is set); ``prunekit list``, the config validator and the docs table read the
 same entries, so a new recipe is one module plus one :func:`register_recipe` call.
 """
 
@@ -20,6 +20,8 @@ __all__ = [
     "Recipe",
     "get_recipe",
     "list_recipes",
+    "recipe_for",
+    "recipes_table",
     "register_recipe",
     "schedule_names",
 ]
@@ -44,7 +46,7 @@ class Recipe:
         ignores_sparsity: ``ignores_sparsity(options) -> bool``: ``prune.sparsity`` does not
             change the run (the recipe picks its own levels).
         selected_by: the config key that selects it (``prune.schedule``, or
-            ``data_prune.enabled`` for data pruning).
+            ``data_prune.score`` for data pruning).
         prunes_weights: False for recipes that prune no weights (data pruning).
     """
 
@@ -75,6 +77,22 @@ def get_recipe(name: str, *, argument: str = "prune.schedule") -> Recipe:
     return RECIPES.get(name, argument=argument)
 
 
+def recipe_for(cfg: Any) -> Recipe:
+    """The recipe a config runs: one selected by another key when that key is set (data
+    pruning: ``data_prune.score``), else ``prune.schedule``'s."""
+    _load_builtins()
+    for name in RECIPES.names():
+        recipe = RECIPES.get(name)
+        if recipe.selected_by == "prune.schedule":
+            continue
+        value: Any = cfg
+        for part in recipe.selected_by.split("."):
+            value = getattr(value, part, None)
+        if value is not None:
+            return recipe
+    return get_recipe(cfg.prune.schedule)
+
+
 def list_recipes() -> dict[str, str]:
     """Name -> one-line description of every registered recipe."""
     _load_builtins()
@@ -85,6 +103,23 @@ def schedule_names() -> list[str]:
     """The recipes a config's ``prune.schedule`` may name."""
     _load_builtins()
     return [n for n in RECIPES.names() if RECIPES.get(n).selected_by == "prune.schedule"]
+
+
+def recipes_table() -> str:
+    """The Markdown table of every registered recipe (docs/architecture.md holds it, checked
+    by the docs tests): name, what selects it, whether it starts from the dense model, doc."""
+    _load_builtins()
+    rows = ["| recipe | selected by | starts from the dense model | what it does |",
+            "| --- | --- | --- | --- |"]  # fmt: skip
+    for name in RECIPES.names():
+        r = RECIPES.get(name)
+        key = (
+            f"`{r.selected_by}: {name}`"
+            if r.selected_by == "prune.schedule"
+            else (f"`{r.selected_by}`")
+        )
+        rows.append(f"| `{name}` | {key} | {'yes' if r.trains_dense else 'no'} | {r.doc} |")
+    return "\n".join(rows)
 
 
 def _load_builtins() -> None:

@@ -270,7 +270,7 @@ register_recipe(
         "Data pruning: score the training examples, train on the kept subset (optionally KD).",
         _configure,
         _stages,
-        selected_by="data_prune.enabled",
+        selected_by="data_prune.score",
         prunes_weights=False,
     )
 )
