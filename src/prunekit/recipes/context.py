@@ -21,7 +21,7 @@ from torch import nn
 from prunekit.core.masks import MaskSet
 from prunekit.core.prune import compute_masks
 from prunekit.data.base import DatasetBundle
-from prunekit.recipes.spec import PruneSpec, TrainSpec
+from prunekit.recipes.spec import ExperimentResult, PhaseResult, PruneSpec, TrainSpec
 from prunekit.training.lr import LRSchedule, make_lr_schedule
 from prunekit.training.trainer import Callback, Trainer, evaluate, make_optimizer
 
@@ -101,6 +101,24 @@ class RunContext:
         if self.retrain_epochs is None:
             return self.original.total
         return self.iterations(self.retrain_epochs)
+
+    def result(
+        self, recipe: str, config: dict[str, Any], details: dict[str, Any] | None = None
+    ) -> ExperimentResult:
+        """The Python API's result: the phases the stages recorded, the final metrics (the
+        last phase's), the dense and retraining iterations and the final masks."""
+        phases = [PhaseResult(**p) for p in self.phases]
+        return ExperimentResult(
+            recipe,
+            self.dense["metrics"],
+            phases,
+            phases[-1].retrained,
+            self.dense_iterations,
+            sum(p.retrain_iterations for p in phases),
+            config,
+            self.masks,
+            details=dict(details if details is not None else self.extra.get("details", {})),
+        )
 
     # ------------------------------------------------------------------ the building blocks
     def metrics(self) -> dict[str, float]:

@@ -23,6 +23,7 @@ __all__ = [
     "recipe_for",
     "recipes_table",
     "register_recipe",
+    "run_recipe",
     "schedule_names",
 ]
 
@@ -75,6 +76,23 @@ def get_recipe(name: str, *, argument: str = "prune.schedule") -> Recipe:
     """The registered recipe ``name``; an unknown name lists the valid ones."""
     _load_builtins()
     return RECIPES.get(name, argument=argument)
+
+
+def run_recipe(
+    name: str, model: Any, data: Any, train: Any, prune: Any, options: Any, **context: Any
+) -> RunContext:
+    """Run recipe ``name``'s stages in memory on ``model`` (the Python API's path); returns the
+    final context. ``context`` sets further :class:`RunContext` fields (``retrain_epochs``,
+    ``pretrained``, ``memory``, ...)."""
+    import dataclasses
+
+    from prunekit.recipes.executor import execute
+
+    recipe = get_recipe(name)
+    if recipe.dense_lr_schedule is not None:
+        train = dataclasses.replace(train, lr_schedule=recipe.dense_lr_schedule)
+    ctx = RunContext(model, data, train, prune, options=options, **context)
+    return execute(recipe.stages(ctx), ctx)
 
 
 def recipe_for(cfg: Any) -> Recipe:

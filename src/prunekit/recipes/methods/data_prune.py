@@ -303,8 +303,8 @@ def data_prune(
     Returns an :class:`~prunekit.recipes.spec.ExperimentResult` whose ``details`` hold the
     selection (rule, kept count, score time).
     """
-    from prunekit.recipes.executor import execute
-    from prunekit.recipes.spec import ExperimentResult, PhaseResult, PruneSpec
+    from prunekit.recipes.registry import run_recipe
+    from prunekit.recipes.spec import PruneSpec
 
     opts = DataPruneOptions(
         score=score,
@@ -318,20 +318,9 @@ def data_prune(
         kd_teacher=kd_teacher,
         options=dict(options or {}),
     )
-    ctx = RunContext(
-        model, data, train, PruneSpec(sparsity=0.0), options=opts, pretrained=pretrained,
+    ctx = run_recipe(
+        "data_prune", model, data, train, PruneSpec(sparsity=0.0), opts, pretrained=pretrained,
         model_factory=model_factory,
     )  # fmt: skip
-    execute(_stages(ctx), ctx)
-    phases = [PhaseResult(**p) for p in ctx.phases]
-    return ExperimentResult(
-        "data_prune",
-        ctx.dense["metrics"],
-        phases,
-        phases[-1].retrained,
-        ctx.dense_iterations,
-        phases[-1].retrain_iterations,
-        {"train": dataclasses.asdict(train), "data_prune": dataclasses.asdict(opts)},
-        ctx.masks,
-        details=dict(ctx.extra["data_prune"]),
-    )
+    config = {"train": dataclasses.asdict(train), "data_prune": dataclasses.asdict(opts)}
+    return ctx.result("data_prune", config, details=ctx.extra["data_prune"])

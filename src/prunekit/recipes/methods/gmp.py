@@ -16,9 +16,9 @@ from prunekit.core.masks import MaskSet
 from prunekit.core.schedules import GMP
 from prunekit.data.base import DatasetBundle
 from prunekit.recipes.context import RunContext
-from prunekit.recipes.executor import Stage, execute
-from prunekit.recipes.registry import Recipe, register_recipe
-from prunekit.recipes.spec import ExperimentResult, PhaseResult, PruneSpec, TrainSpec, spec_dict
+from prunekit.recipes.executor import Stage
+from prunekit.recipes.registry import Recipe, register_recipe, run_recipe
+from prunekit.recipes.spec import ExperimentResult, PruneSpec, TrainSpec, spec_dict
 from prunekit.training.trainer import Callback, Trainer
 
 __all__ = ["GMPCallback", "GMPOptions", "gmp"]
@@ -159,14 +159,10 @@ def gmp(
 ) -> ExperimentResult:
     """Gradual magnitude pruning (cubic) during one training run of ``train.epochs``."""
     options = GMPOptions(start_fraction, end_fraction, frequency)
-    ctx = RunContext(model, data, train, prune, options=options)
+    ctx = run_recipe("gmp", model, data, train, prune, options)
     schedule = _schedule(ctx)
-    execute(_stages(ctx), ctx)
-    phase = PhaseResult(**ctx.phases[0])
     trajectory = [tuple(step) for step in ctx.extra["trajectory"]]
     config = spec_dict(
         train=train, prune=prune, schedule=schedule.describe(), trajectory=trajectory
     )
-    return ExperimentResult(
-        "gmp", {}, [phase], phase.retrained, ctx.dense_iterations, 0, config, ctx.masks
-    )
+    return ctx.result("gmp", config)

@@ -20,12 +20,11 @@ from prunekit.core.schedules import BIMP, IMP, OneShot
 from prunekit.data.base import DatasetBundle
 from prunekit.recipes.context import RunContext
 from prunekit.recipes.dense import dense_stage, rewind_state
-from prunekit.recipes.executor import Stage, execute
+from prunekit.recipes.executor import Stage
 from prunekit.recipes.files import load_masks, save_masks
-from prunekit.recipes.registry import Recipe, register_recipe
+from prunekit.recipes.registry import Recipe, register_recipe, run_recipe
 from prunekit.recipes.spec import (
     ExperimentResult,
-    PhaseResult,
     PruneSpec,
     TrainSpec,
     spec_dict,
@@ -245,56 +244,6 @@ register_recipe(
 
 
 # ---------------------------------------------------------------------- the Python API
-def run_stages(
-    kind: str,
-    model: nn.Module,
-    data: DatasetBundle,
-    train: TrainSpec,
-    prune: PruneSpec,
-    options: Any,
-    *,
-    retrain_epochs: float | None,
-    retrain_schedule: str,
-    pretrained: bool,
-    memory: dict[str, Any] | None = None,
-) -> RunContext:
-    """Run recipe ``kind``'s stages in memory on ``model``; returns the final context."""
-    from prunekit.recipes.registry import get_recipe
-
-    recipe = get_recipe(kind)
-    if recipe.dense_lr_schedule is not None:
-        import dataclasses
-
-        train = dataclasses.replace(train, lr_schedule=recipe.dense_lr_schedule)
-    ctx = RunContext(
-        model,
-        data,
-        train,
-        prune,
-        retrain_epochs=retrain_epochs,
-        retrain_schedule=retrain_schedule,
-        options=options,
-        pretrained=pretrained,
-        memory=dict(memory or {}),
-    )
-    return execute(recipe.stages(ctx), ctx)
-
-
-def _result(kind: str, ctx: RunContext, config: dict[str, Any]) -> ExperimentResult:
-    phases = [PhaseResult(**p) for p in ctx.phases]
-    return ExperimentResult(
-        kind,
-        ctx.dense["metrics"],
-        phases,
-        phases[-1].retrained,
-        ctx.dense_iterations,
-        sum(p.retrain_iterations for p in phases),
-        config,
-        ctx.masks,
-        details=dict(ctx.extra.get("details", {})),
-    )
-
-
 def one_shot(
     model: nn.Module,
     data: DatasetBundle,
@@ -306,7 +255,7 @@ def one_shot(
     pretrained: bool = False,
 ) -> ExperimentResult:
     """Train (unless ``pretrained``), prune once to ``prune.sparsity``, retrain."""
-    ctx = run_stages(
+    ctx = run_recipe(
         "one_shot",
         model,
         data,
@@ -320,7 +269,7 @@ def one_shot(
     config = spec_dict(
         train=train, prune=prune, retrain_epochs=retrain_epochs, retrain_schedule=retrain_schedule
     )
-    return _result("one_shot", ctx, config)
+    return ctx.result("one_shot", config)
 
 
 def imp(
@@ -360,8 +309,8 @@ def imp(
     if rewind == "weights" and pretrained and rewind_state is None:
         raise ValueError("rewind_state: weight rewinding of a pretrained model needs theta_k")
     options = IMPOptions(phases, rewind, rewind_iteration, log_pq_index)
-    memory = {"rewind": rewind_state} if rewind_state is not None else None
-    ctx = run_stages(
+    memory = {"rewind": rewind_state} if rewind_state is not None else {}
+    ctx = run_recipe(
         "imp",
         model,
         data,
@@ -382,7 +331,7 @@ def imp(
         retrain_epochs=retrain_epochs,
         retrain_schedule=retrain_schedule,
     )
-    result = _result("imp", ctx, config)
+    result = ctx.result("imp", config)
     if rewind == "weights":
         result.rewind_state = _rewound(ctx, rewind_iteration)
     return result
@@ -411,7 +360,7 @@ def bimp(
     """
     import dataclasses
 
-    ctx = run_stages(
+    ctx = run_recipe(
         "bimp",
         model,
         data,
@@ -424,4 +373,4 @@ def bimp(
     )
     spec = dataclasses.replace(train, lr_schedule="linear")
     config = spec_dict(train=spec, prune=prune, phases=phases, retrain_epochs=retrain_epochs)
-    return _result("bimp", ctx, config)
+    return ctx.result("bimp", config)
