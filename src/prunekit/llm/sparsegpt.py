@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from prunekit.core.allocation import largest_remainder
+from prunekit.criteria.registry import register_criterion
 
 __all__ = ["CholeskyError", "inverse_cholesky", "sparsegpt_prune"]
 
@@ -82,6 +83,13 @@ def _block_quotas(rows: int, cols: int, blocksize: int, sparsity: float) -> list
 
 
 @torch.no_grad()
+@register_criterion(
+    "sparsegpt",
+    kind="llm",
+    requires_data=True,
+    doc="SparseGPT (Frantar & Alistarh 2023): prune column by column and update the remaining "
+    "weights from the layer's input Hessian.",
+)
 def sparsegpt_prune(
     weight: Tensor,
     hessian: Tensor,
