@@ -82,7 +82,6 @@ def _block_quotas(rows: int, cols: int, blocksize: int, sparsity: float) -> list
     return [quotas[k] for k in keys]
 
 
-@torch.no_grad()
 @register_criterion(
     "sparsegpt",
     kind="llm",
@@ -90,6 +89,7 @@ def _block_quotas(rows: int, cols: int, blocksize: int, sparsity: float) -> list
     doc="SparseGPT (Frantar & Alistarh 2023): prune column by column and update the remaining "
     "weights from the layer's input Hessian.",
 )
+@torch.no_grad()
 def sparsegpt_prune(
     weight: Tensor,
     hessian: Tensor,
