@@ -66,9 +66,7 @@ def test_every_kind_is_listed_with_its_builtins(capsys):
     for kind, info in KINDS.items():
         assert sorted(sections[info.title]) == BUILTINS[kind]
         section = _section(out, info.title)
-        assert section.splitlines()[1] == (
-            f"{info.title} (kind {kind}; used by {info.used_by})"
-        )
+        assert section.splitlines()[1] == (f"{info.title} (kind {kind}; used by {info.used_by})")
         rows = section.splitlines()[4:]
         assert [row.split()[0] for row in rows] == BUILTINS[kind]
 
@@ -168,7 +166,7 @@ def test_the_public_lookups_are_views_with_their_error_messages():
     assert list_methods() == CRITERIA.names() == BUILTINS["weights"]
     assert list_structured_criteria() == STRUCTURED_CRITERIA.names() == BUILTINS["structured"]
     assert DATA_SCORES.names() == BUILTINS["data"]
-    assert METHODS == tuple(BUILTINS["llm"])
+    assert tuple(BUILTINS["llm"]) == METHODS
     assert CRITERIA.get("snip") is get_criterion("snip").factory
     assert STRUCTURED_CRITERIA.get("l1") is get_criterion("l1", kind="structured").factory
     assert DATA_SCORES.get("el2n") is get_criterion("el2n", kind="data").factory
