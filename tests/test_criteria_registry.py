@@ -201,8 +201,19 @@ def test_the_llm_engine_validates_its_method_through_the_registry(registered):
     # What the engine accepts is what the registry holds, not a list of its own.
     with pytest.raises(ValueError, match="unknown LLM method 'zz_rule'"):
         LLMPruneConfig(method="zz_rule").validate()
-    registered("zz_rule", "llm", lambda weight, sparsity: weight)
+    registered("zz_rule", "llm", lambda weight, sparsity: weight, requires_data=True)
     assert LLMPruneConfig(method="zz_rule").validate() is None
+    # The engine runs its built-in rules only: a new one is refused by name, never run as another.
+    from prunekit.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=32))
+    calibration = torch.randint(0, 32, (2, 8))
+    with pytest.raises(NotImplementedError) as err:
+        prune_llm(
+            gpt, "zz_rule", 0.5, calibration=calibration, nsamples=2, seqlen=8, progress=False
+        )
+    assert str(err.value) == "method: the layer-wise engine cannot run 'zz_rule'"
 
 
 def test_names_are_unique_within_a_kind_and_shared_only_where_they_were():
@@ -227,3 +238,23 @@ def test_list_help_teaches_the_kinds(capsys):
     out = capsys.readouterr().out
     assert "one category per kind" in out and "prunekit list llm" in out
     assert re.search(r"criterion kind:\s+weights, llm,\s+structured, data", out)
+
+
+def test_structured_pruning_gives_gradients_to_criteria_that_need_data(registered):
+    from prunekit.structured.criteria import l1
+
+    seen: list[bool] = []
+
+    def grad_l1(model, group, params, **kw):
+        """L1 that records whether gradients were there."""
+        seen.append(all(p.grad is not None for p in params.values() if p.dim() > 1))
+        return l1(model, group, params)
+
+    registered("zz_grad_l1", "structured", grad_l1, requires_data=True)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
+    inputs = torch.randn(4, 3)
+    small, _ = prunekit.structured.prune(
+        model, inputs, ratio=0.5, criterion="zz_grad_l1", loss_fn=lambda m: m(inputs).sum()
+    )
+    assert seen and all(seen) and small[0].out_features == 4
