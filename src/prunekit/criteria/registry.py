@@ -239,9 +239,11 @@ class KindView:
         return get_criterion(name, kind=self.kind, argument=argument or self.argument).factory
 
     def entry(self, name: str) -> CriterionEntry:
+        """The whole registry entry of ``name`` (kind, doc, requires_data, ...)."""
         return get_criterion(name, kind=self.kind, argument=self.argument)
 
     def names(self) -> list[str]:
+        """The names of this kind, sorted."""
         return criterion_names(self.kind)
 
     def describe(self) -> dict[str, str]:
