@@ -32,7 +32,14 @@ from prunekit.core.report import SparsityReport, sparsity_report
 from prunekit.core.schedules import create_schedule, list_schedules
 from prunekit.core.scores import ElementwiseScores, Scores, TensorScores
 from prunekit.core.targets import Targets, select_targets
-from prunekit.criteria import Criterion, create_criterion, list_methods, register_criterion
+from prunekit.criteria import (
+    Criterion,
+    create_criterion,
+    get_criterion,
+    list_criteria,
+    list_methods,
+    register_criterion,
+)
 from prunekit.criteria.gradient import MovementTracker
 from prunekit.data import DatasetBundle, create_dataset, list_datasets
 from prunekit.export import load_compressed, load_compressed_into, save_compressed
@@ -100,7 +107,9 @@ __all__ = [
     "structured",
     "create_criterion",
     "create_model",
+    "get_criterion",
     "list_allocations",
+    "list_criteria",
     "list_methods",
     "list_models",
     "load_compressed",

@@ -9,9 +9,15 @@ from collections.abc import Callable
 
 from prunekit.core.report import format_table
 
-EXAMPLE = """examples:
+EXAMPLE = """Criteria come from one registry, one category per kind: 'criteria' (kind weights:
+prunekit.prune, prune.criterion), 'llm methods' (kind llm: prunekit prune-llm), 'structured
+criteria' (kind structured: channel/head groups) and 'data scores' (kind data: training
+examples); each row says whether the criterion needs data.
+
+examples:
   prunekit list                  every category
-  prunekit list schedules        one category (names as shown, e.g. 'llm methods')"""
+  prunekit list schedules        one category (names as shown, e.g. 'llm methods')
+  prunekit list llm              the criteria of one kind: weights, llm, structured, data"""
 
 
 def _first_line(obj: object) -> str:
@@ -25,18 +31,31 @@ def plain(text: str) -> str:
     return text.replace("``", "")
 
 
-def _criteria() -> dict[str, str]:
-    from prunekit.criteria import CRITERIA
+def _criteria_of(kind: str) -> Callable[[], dict[str, str] | None]:
+    """The entries of one criterion kind, read from the one registry (None: not installed)."""
 
-    return CRITERIA.describe()
+    def entries() -> dict[str, str] | None:
+        from prunekit.criteria.registry import KINDS, list_criteria
+
+        found = list_criteria(kind)
+        if not found and KINDS[kind].optional:
+            return None
+        return {
+            e.name: (f"[{', '.join((kind, *e.tags))}] " if e.tags else "") + e.doc for e in found
+        }
+
+    entries.__doc__ = kind
+    return entries
 
 
 def _allocations() -> dict[str, str]:
     from prunekit.core.allocation import ALLOCATIONS
+    from prunekit.llm.methods import owl_sparsities
 
     return {
         **ALLOCATIONS.describe(),
         "N:M": "keep N of every M consecutive inputs, e.g. 2:4 (implies sparsity 1 - N/M)",
+        "owl": _first_line(owl_sparsities) + " [LLMs only: prune-llm --owl, prune_llm(owl=True)]",
     }
 
 
@@ -69,40 +88,10 @@ def _optimizers() -> dict[str, str]:
     return {name: text.get(name, "") for name in accepted_names()["train.optimizer"]}
 
 
-def _llm_methods() -> dict[str, str]:
-    from prunekit.llm import magnitude_mask, owl_sparsities, sparsegpt_prune, wanda_mask
-    from prunekit.llm.engine import METHODS
-
-    where = " [prunekit prune-llm / prunekit.llm.prune_llm]"
-    docs = {"magnitude": magnitude_mask, "wanda": wanda_mask, "sparsegpt": sparsegpt_prune}
-    text = {"sparsegpt": "SparseGPT (Frantar & Alistarh 2023): prune column by column and update "
-            "the remaining weights from the layer's input Hessian."}  # fmt: skip
-    out = {name: (text.get(name) or _first_line(docs.get(name))) + where for name in METHODS}
-    out["owl"] = _first_line(owl_sparsities) + " [prune-llm --owl, prune_llm(owl=True)]"
-    return out
-
-
-def _structured() -> dict[str, str]:
-    from prunekit.structured.criteria import STRUCTURED_CRITERIA
-
-    return {
-        name: f"{doc} [prunekit.structured.prune]"
-        for name, doc in STRUCTURED_CRITERIA.describe().items()
-    }
-
-
 def _constraints() -> dict[str, str]:
     from prunekit.frank_wolfe.constraints import CONSTRAINTS
 
     return CONSTRAINTS.describe()
-
-
-def _data_scores() -> dict[str, str] | None:
-    try:  # the data-pruning scores, where this installation has them
-        from prunekit.data_pruning import list_sections
-    except ImportError:
-        return None
-    return list_sections()["data scores"]
 
 
 def _models() -> dict[str, str]:
@@ -117,19 +106,24 @@ def _datasets() -> dict[str, str]:
     return DATASETS.describe()
 
 
-# Category -> its entries (None: not part of this installation). A new registry adds one line
-# here (the config validator's names are checked against these by the tests).
+def _criterion_kinds() -> dict[str, str]:
+    """``prunekit list`` category -> criterion kind, one category per kind of the registry."""
+    from prunekit.criteria.registry import KINDS
+
+    return {info.title: kind for kind, info in KINDS.items()}
+
+
+# Category -> its entries (None: not part of this installation). The criteria come first, one
+# category per kind of the criteria registry; any other registry adds one line here (the config
+# validator's names are checked against these by the tests).
 CATEGORIES: dict[str, Callable[[], dict[str, str] | None]] = {
-    "criteria": _criteria,
+    **{title: _criteria_of(kind) for title, kind in _criterion_kinds().items()},
     "allocations": _allocations,
     "schedules": _schedules,
     "retraining": _retraining,
     "lr schedules": _lr_schedules,
     "optimizers": _optimizers,
-    "llm methods": _llm_methods,
-    "structured criteria": _structured,
     "constraints": _constraints,
-    "data scores": _data_scores,
     "models": _models,
     "datasets": _datasets,
 }
@@ -146,8 +140,30 @@ def registries() -> dict[str, dict[str, str]]:
 
 
 def _category(name: str) -> str | None:
+    """The category ``name`` means: its title (``llm-methods`` too) or a criterion kind."""
     key = re.sub(r"[-_]+", " ", name.strip().lower())
-    return key if key in CATEGORIES else None
+    by_kind = {kind: title for title, kind in _criterion_kinds().items()}
+    return key if key in CATEGORIES else by_kind.get(key)
+
+
+def _table(category: str, entries: dict[str, str]) -> tuple[str, str]:
+    """The heading and table of one category; criteria also say their kind and data needs."""
+    kinds = _criterion_kinds()
+    rows = {name: plain(doc) for name, doc in entries.items()}
+    if category not in kinds:
+        return category, format_table(["name", "description"], [[k, v] for k, v in rows.items()])
+    from prunekit.criteria.registry import KINDS, get_criterion
+
+    kind = kinds[category]
+    heading = f"{category} (kind {kind}; used by {KINDS[kind].used_by})"
+    table = format_table(
+        ["name", "needs data", "description"],
+        [
+            [k, "yes" if get_criterion(k, kind=kind).requires_data else "no", v]
+            for k, v in rows.items()
+        ],
+    )
+    return heading, table
 
 
 def run(args: argparse.Namespace) -> int:
@@ -167,9 +183,9 @@ def run(args: argparse.Namespace) -> int:
             if wanted is not None:
                 print(f"{category}: not part of this installation")
             continue
-        entries = {name: plain(doc) for name, doc in found.items()}
-        print(f"\n{category}")
-        print(format_table(["name", "description"], [[k, v] for k, v in entries.items()]))
+        heading, table = _table(category, found)
+        print(f"\n{heading}")
+        print(table)
     return 0
 
 
@@ -183,6 +199,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "category",
         nargs="?",
-        help=f"show one category only: {', '.join(CATEGORIES)}",
+        help=f"show one category only: {', '.join(CATEGORIES)}; or a criterion kind: "
+        f"{', '.join(_criterion_kinds().values())}",
     )
     parser.set_defaults(func=run)

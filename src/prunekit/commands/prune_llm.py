@@ -21,6 +21,7 @@ from prunekit.commands._perp_options import (
     retrain_from_args,
 )
 from prunekit.core.device import resolve_device
+from prunekit.criteria.registry import criterion_names
 
 EXAMPLE = """examples:
   prunekit prune-llm ./opt-125m --method sparsegpt --sparsity 0.5 --calib calib.txt \\
@@ -49,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--method",
         default="sparsegpt",
-        choices=["magnitude", "wanda", "sparsegpt"],
+        choices=criterion_names("llm"),  # the registry's kind "llm"
         help="pruning rule (default: %(default)s)",
     )
     p.add_argument(

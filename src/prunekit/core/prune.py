@@ -51,9 +51,9 @@ def _check_not_llm_method(method: str) -> None:
     from prunekit.criteria import CRITERIA
 
     if isinstance(method, str) and method.lower() not in CRITERIA:
-        from prunekit.llm.engine import METHODS
+        from prunekit.criteria.registry import criterion_names
 
-        if method.lower() in (*METHODS, "owl"):
+        if method.lower() in (*criterion_names("llm"), "owl"):
             raise ValueError(
                 f"method: {method!r} is a layer-wise LLM pruning method: use "
                 f"prunekit.llm.prune_llm(model, method={method.lower()!r}, sparsity=..., "

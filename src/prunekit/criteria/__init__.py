@@ -1,7 +1,9 @@
 """Criteria: how important is each weight. Each criterion is registered by name.
 
 A criterion only computes scores (higher = more important); the allocation turns scores into masks.
-Register a new one with :func:`register_criterion` and every invariant test covers it.
+Register a new one with :func:`register_criterion` and every invariant test covers it. The registry
+(:mod:`prunekit.criteria.registry`) also holds the LLM, structured and data-score criteria, each
+entry with its kind; :data:`CRITERIA` is its view of the weight criteria.
 """
 
 from __future__ import annotations
@@ -11,8 +13,29 @@ from typing import Any
 
 from torch import nn
 
-from prunekit.core.registry import Registry
 from prunekit.core.scores import Scores
+from prunekit.criteria.registry import (
+    CriterionEntry,
+    KindView,
+    criterion_names,
+    get_criterion,
+    list_criteria,
+    register_criterion,
+    unregister_criterion,
+)
+
+__all__ = [
+    "CRITERIA",
+    "Criterion",
+    "CriterionEntry",
+    "create_criterion",
+    "criterion_names",
+    "get_criterion",
+    "list_criteria",
+    "list_methods",
+    "register_criterion",
+    "unregister_criterion",
+]
 
 
 class Criterion:
@@ -48,21 +71,17 @@ class Criterion:
         raise NotImplementedError
 
 
-CRITERIA: Registry[type[Criterion]] = Registry("method")
-
-
-def register_criterion(name: str):
-    """Class decorator: ``@register_criterion("snip") class Snip(Criterion): ...``."""
-    return CRITERIA.register(name)
+# The weight criteria of the one registry: ``CRITERIA.get(name)`` is the Criterion subclass.
+CRITERIA = KindView("weights", argument="method")
 
 
 def create_criterion(name: str, **options: Any) -> Criterion:
-    """Instantiate a registered criterion; an unknown name lists the valid ones."""
+    """Instantiate a registered weight criterion; an unknown name lists the valid ones."""
     return CRITERIA.get(name, argument="method")(**options)
 
 
 def list_methods() -> list[str]:
-    """Names of every registered pruning criterion."""
+    """Names of every registered weight criterion (``list_criteria("weights")`` has their docs)."""
     return CRITERIA.names()
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunekit.core.registry import Registry
+from prunekit.criteria.registry import KindView, register_criterion
 from prunekit.training.recipes import TrainSpec
 
 __all__ = [
@@ -95,15 +95,26 @@ class DataScore:
         return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
-DATA_SCORES: Registry[DataScore] = Registry("data score")
+# The data scores of the one criteria registry (kind "data"): ``get`` gives the DataScore.
+DATA_SCORES = KindView("data", argument="score")
 
 
 def register_score(name: str, *, doc: str, uses_labels: bool = True) -> Callable:
-    """Register ``fn(ctx, *, option=default, ...) -> Tensor`` as the data score ``name``."""
+    """Register ``fn(ctx, *, option=default, ...) -> Tensor`` as the data score ``name``.
+
+    The entry goes into the one criteria registry with kind ``data``; every data score reads the
+    training set, so ``requires_data`` is True.
+    """
 
     def decorator(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        DATA_SCORES.register(name, doc=doc)(DataScore(name, fn, uses_labels))
-        return fn
+        return register_criterion(
+            name,
+            kind="data",
+            doc=doc,
+            requires_data=True,
+            tags=() if uses_labels else ("no labels",),
+            factory=DataScore(name, fn, uses_labels),
+        )(fn)
 
     return decorator
 

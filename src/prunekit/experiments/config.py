@@ -101,9 +101,9 @@ def accepted_names() -> dict[str, list[str]]:
 
 
 def _llm_hint(path: str, name: str) -> None:
-    from prunekit.llm.engine import METHODS
+    from prunekit.criteria.registry import criterion_names
 
-    if name in METHODS or name == "owl":
+    if name in criterion_names("llm") or name == "owl":
         raise ConfigError(
             f"{path}: {name!r} is a layer-wise LLM pruning method; use 'prunekit prune-llm' or "
             "prunekit.llm.prune_llm (criteria for 'prunekit run': prunekit list criteria)"

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.core.masks import MaskSet
+from prunekit.criteria.registry import criterion_names, get_criterion
 from prunekit.llm.activations import ActivationStore
 from prunekit.llm.adapters import (
     ModelAdapter,
@@ -55,7 +56,8 @@ from prunekit.llm.sparsegpt import sparsegpt_prune
 
 __all__ = ["LLMPruneConfig", "METHODS", "available_memory", "prune_llm"]
 
-METHODS = ("magnitude", "wanda", "sparsegpt")
+# The layer-wise methods are the criteria of kind "llm"; this tuple is kept for compatibility.
+METHODS = tuple(criterion_names("llm"))
 
 
 class _StopForward(Exception):
@@ -88,8 +90,12 @@ class LLMPruneConfig:
     progress: bool = True
 
     def validate(self) -> tuple[int, int] | None:
-        if self.method not in METHODS:
+        if not isinstance(self.method, str):
             raise ValueError(f"method: expected one of {list(METHODS)}, got {self.method!r}")
+        # Unknown names fail here, listing the registered LLM methods; the engine compares names
+        # exactly, so 'Wanda' is refused rather than matched case-insensitively.
+        if get_criterion(self.method, kind="llm", argument="method").name != self.method:
+            raise ValueError(f"method: expected a lower-case name, got {self.method!r}")
         nm = check_pattern(self.pattern)
         check_sparsity(self.sparsity)
         if self.owl and self.method == "magnitude":
@@ -430,6 +436,8 @@ class _Engine:
             assert stats is not None
             mask = wanda_mask(weight, stats.column_sq_norm(), sparsity, self.nm)
             new = weight.float() * mask
+        elif method != "sparsegpt":
+            raise NotImplementedError(f"method: the layer-wise engine cannot run {method!r}")
         else:
             assert stats is not None and stats.hessian is not None
             # SparseGPT is invariant to the scale of H: the raw sum X^T X saves a copy.

@@ -4,6 +4,9 @@ Every function works on a weight matrix laid out ``(out_features, in_features)``
 boolean keep-mask of that shape (True = kept). Selection reuses prunekit's exact allocations:
 per-row pruning is ``keep_lowest_per_row`` (a stable sort of each row), N:M is ``nm_masks`` and a
 per-layer threshold is ``keep_masks_lowest_pruned``.
+
+Magnitude and Wanda are registered as criteria of kind ``llm`` (SparseGPT in
+:mod:`prunekit.llm.sparsegpt`); the engine accepts the names of that kind.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from torch import Tensor
 from prunekit.core.allocation import AllocationContext, keep_lowest_per_row, nm_masks, parse_nm
 from prunekit.core.scores import TensorScores
 from prunekit.core.selection import keep_masks_lowest_pruned
+from prunekit.criteria.registry import register_criterion
 
 __all__ = [
     "check_pattern",
@@ -70,6 +74,7 @@ def mask_from_scores(
     raise ValueError(f"scope: expected 'row' or 'layer', got {scope!r}")
 
 
+@register_criterion("magnitude", kind="llm", requires_data=False)
 def magnitude_mask(
     weight: Tensor, sparsity: float, pattern: tuple[int, int] | None = None, scope: str = "layer"
 ) -> Tensor:
@@ -82,6 +87,7 @@ def wanda_scores(weight: Tensor, col_sq_norm: Tensor) -> Tensor:
     return weight.detach().abs().float() * torch.sqrt(col_sq_norm.float()).reshape(1, -1)
 
 
+@register_criterion("wanda", kind="llm", requires_data=True)
 def wanda_mask(
     weight: Tensor, col_sq_norm: Tensor, sparsity: float, pattern: tuple[int, int] | None = None
 ) -> Tensor:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from prunekit.core.allocation import largest_remainder
+from prunekit.criteria.registry import register_criterion
 
 __all__ = ["CholeskyError", "inverse_cholesky", "sparsegpt_prune"]
 
@@ -81,6 +82,13 @@ def _block_quotas(rows: int, cols: int, blocksize: int, sparsity: float) -> list
     return [quotas[k] for k in keys]
 
 
+@register_criterion(
+    "sparsegpt",
+    kind="llm",
+    requires_data=True,
+    doc="SparseGPT (Frantar & Alistarh 2023): prune column by column and update the remaining "
+    "weights from the layer's input Hessian.",
+)
 @torch.no_grad()
 def sparsegpt_prune(
     weight: Tensor,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from prunekit.core.registry import Registry
+from prunekit.criteria.registry import KindView, register_criterion
 from prunekit.structured.groups import ChannelGroup
 
 __all__ = [
@@ -22,7 +22,8 @@ __all__ = [
     "normalize_scores",
 ]
 
-STRUCTURED_CRITERIA: Registry = Registry("structured criterion")
+# The structured criteria of the one registry (kind "structured"): ``get`` gives the function.
+STRUCTURED_CRITERIA = KindView("structured", argument="criterion")
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -75,7 +76,7 @@ def _axis_reduce(p: Tensor, axis: int, fn: Callable[[Tensor], Tensor]) -> Tensor
     return fn(t).sum(1)
 
 
-@STRUCTURED_CRITERIA.register("l1")
+@register_criterion("l1", kind="structured")
 def l1(model: nn.Module, group: ChannelGroup, params: dict[str, Tensor], **_) -> list[Tensor]:
     """L1 norm of every coupled weight slice (Li et al. 2017, group form of Fang et al. 2023)."""
     return [
@@ -84,7 +85,7 @@ def l1(model: nn.Module, group: ChannelGroup, params: dict[str, Tensor], **_) ->
     ]
 
 
-@STRUCTURED_CRITERIA.register("l2")
+@register_criterion("l2", kind="structured")
 def l2(model: nn.Module, group: ChannelGroup, params: dict[str, Tensor], **_) -> list[Tensor]:
     """L2 norm of every coupled weight slice."""
     return [
@@ -93,7 +94,7 @@ def l2(model: nn.Module, group: ChannelGroup, params: dict[str, Tensor], **_) ->
     ]
 
 
-@STRUCTURED_CRITERIA.register("bn_scale")
+@register_criterion("bn_scale", kind="structured")
 def bn_scale(model: nn.Module, group: ChannelGroup, params: dict[str, Tensor], **_) -> list[Tensor]:
     """|gamma| of the normalisation layers in the group (Network Slimming); L1 if there are none."""
     scores = [
@@ -104,7 +105,7 @@ def bn_scale(model: nn.Module, group: ChannelGroup, params: dict[str, Tensor], *
     return scores or l1(model, group, params)
 
 
-@STRUCTURED_CRITERIA.register("taylor")
+@register_criterion("taylor", kind="structured", requires_data=True)  # gradients
 def taylor(model: nn.Module, group: ChannelGroup, params: dict[str, Tensor], **_) -> list[Tensor]:
     """First-order Taylor |sum w * dL/dw| per component (Molchanov et al. 2019); needs gradients."""
     scores = []
@@ -120,7 +121,7 @@ def taylor(model: nn.Module, group: ChannelGroup, params: dict[str, Tensor], **_
     return scores
 
 
-@STRUCTURED_CRITERIA.register("fpgm")
+@register_criterion("fpgm", kind="structured")
 def fpgm(model: nn.Module, group: ChannelGroup, params: dict[str, Tensor], **_) -> list[Tensor]:
     """Distance to the geometric median of the group's filters (He et al. 2019): redundant = low."""
     scores = []
@@ -131,7 +132,7 @@ def fpgm(model: nn.Module, group: ChannelGroup, params: dict[str, Tensor], **_) 
     return scores
 
 
-@STRUCTURED_CRITERIA.register("random")
+@register_criterion("random", kind="structured")
 def random(
     model: nn.Module, group: ChannelGroup, params: dict[str, Tensor], *, generator=None, **_
 ) -> list[Tensor]:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.core.metrics import count_macs, count_params
+from prunekit.criteria.registry import get_criterion
 from prunekit.structured.allocation import _min_keep, allocate
 from prunekit.structured.criteria import group_importance
 from prunekit.structured.graph import DependencyGraph, _call, build_graph
@@ -83,9 +84,6 @@ def _warn_shortfall(
                 StructuredPruningWarning,
                 stacklevel=3,
             )
-
-
-_GRAD_CRITERIA = {"taylor"}
 
 
 @dataclass
@@ -297,8 +295,10 @@ def prune(
     def measure(m: nn.Module) -> int:
         return count_macs(m, example_inputs) if target_macs is not None else count_params(m)
 
+    # A criterion that needs data (taylor: gradients) gets a fresh backward pass per step.
+    needs_grads = get_criterion(criterion, kind="structured", argument="criterion").requires_data
     for step in range(1, iterative_steps + 1):
-        if criterion in _GRAD_CRITERIA and loss_fn is not None:
+        if needs_grads and loss_fn is not None:
             model.zero_grad(set_to_none=True)
             loss_fn(model).backward()
         graph = build_graph(model, example_inputs, ignore)
