@@ -18,7 +18,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,9 +52,10 @@ from prunekit.llm.methods import (
     wanda_mask,
     wanda_scores,
 )
+from prunekit.llm.options import OptionRecord
 from prunekit.llm.sparsegpt import sparsegpt_prune
 
-__all__ = ["LLMPruneConfig", "METHODS", "available_memory", "prune_llm"]
+__all__ = ["LLMPruneConfig", "METHODS", "available_memory", "calibration_tokens", "prune_llm"]
 
 # The layer-wise methods are the criteria of kind "llm"; this tuple is kept for compatibility.
 METHODS = tuple(criterion_names("llm"))
@@ -65,8 +66,8 @@ class _StopForward(Exception):
 
 
 @dataclass
-class LLMPruneConfig:
-    """Options of :func:`prune_llm` (see there)."""
+class LLMPruneConfig(OptionRecord):
+    """Options of :func:`prune_llm` (see there); ``prune_llm(model, **config.kwargs())``."""
 
     method: str = "wanda"
     sparsity: float = 0.5
@@ -88,6 +89,12 @@ class LLMPruneConfig:
     max_memory: int | None = None
     seed: int = 0
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("include", "exclude"):  # a str stays one, for validate() to reject
+            value = getattr(self, key)
+            if not isinstance(value, str):
+                setattr(self, key, tuple(value))
 
     def validate(self) -> tuple[int, int] | None:
         if not isinstance(self.method, str):
@@ -230,6 +237,45 @@ def _run_block(
     else:
         out = block(*args, **{inputs.hidden_key: hidden}, **kwargs)
     return adapter.output(out)
+
+
+def _forward_all(
+    adapter: ModelAdapter,
+    block: nn.Module,
+    inputs: _BlockInputs,
+    inps: ActivationStore,
+    outs: ActivationStore,
+    device: torch.device,
+) -> None:
+    """``outs[b] = block(inps[b])`` for every calibration batch b."""
+    for b in range(len(inps)):
+        out = _run_block(adapter, block, inputs, b, inps[b], device)
+        if b < len(outs):
+            outs[b] = out
+        else:
+            outs.append(out)
+
+
+def _output_error(
+    adapter: ModelAdapter,
+    block: nn.Module,
+    inputs: _BlockInputs,
+    inps: ActivationStore,
+    targets: ActivationStore,
+    device: torch.device,
+    *,
+    replace: bool = False,
+) -> float:
+    """Relative error ||block(X) - Y||^2 / ||Y||^2 over the batches; ``replace``: Y := block(X)."""
+    num = den = 0.0
+    for b in range(len(inps)):
+        out = _run_block(adapter, block, inputs, b, inps[b], device)
+        target = targets[b].float()
+        num += float((out.float() - target).square().sum())
+        den += float(target.square().sum())
+        if replace:
+            targets[b] = out
+    return num / den if den else 0.0
 
 
 class _Stats:
@@ -381,46 +427,65 @@ class _Engine:
         return None
 
     # ------------------------------------------------------------------ passes
-    def outlier_ratios(self, batches: Sequence[Tensor]) -> list[float]:
-        """OWL's first pass: Wanda scores of the dense model, block by block."""
+    def walk(
+        self,
+        batches: Sequence[Tensor],
+        desc: str,
+        visit: Callable[[int, nn.Module, _BlockInputs, ActivationStore, ActivationStore], Any],
+        masks: MaskSet | None = None,
+    ) -> None:
+        """The layer-wise loop: capture the first block's inputs X, then for each block call
+        ``visit(i, block, inputs, X, outs)`` with the block on the compute device; ``visit``
+        leaves the block's outputs (the next block's inputs) in ``outs`` and may return a dict
+        shown next to the progress bar. Blocks and their ``masks`` go back home afterwards."""
         inps = self._store()
-        inputs = _capture(self.model, self.adapter, self.blocks[0], batches, inps)
         outs = self._store()
-        ratios = []
-        bar = self._progress("OWL outlier ratios")
+        bar = self._progress(desc)
         try:
+            with torch.no_grad():
+                inputs = _capture(self.model, self.adapter, self.blocks[0], batches, inps)
             for i, block in enumerate(self.blocks):
                 home = self._block_on_device(block)
-                modules = self.targets[i]
-                stats = {
-                    n: _Stats(_weight_matrix(m).shape[1], False, self.device)
-                    for n, m in modules.items()
-                }
-                handles = _hook_stats(modules, stats)
-                try:
-                    for b in range(len(inps)):
-                        out = _run_block(self.adapter, block, inputs, b, inps[b], self.device)
-                        if b < len(outs):
-                            outs[b] = out
-                        else:
-                            outs.append(out)
-                finally:
-                    for h in handles:
-                        h.remove()
-                scores = [
-                    wanda_scores(_weight_matrix(m), stats[n].column_sq_norm())
-                    for n, m in modules.items()
-                ]
-                ratios.append(outlier_ratio(scores, self.config.owl_m) if scores else 0.0)
+                postfix = visit(i, block, inputs, inps, outs)
                 if home is not None:
                     block.to(home)
+                    for name in self.targets[i]:  # masks follow their weights home
+                        key = f"{name}.weight"
+                        if masks is not None and key in masks:
+                            masks[key] = masks[key].to(home)
                 inps, outs = outs, inps
                 inputs.hidden = inps
+                if postfix:
+                    bar.set_postfix(postfix)
                 bar.update(1)
         finally:
             bar.close()
             inps.close()
             outs.close()
+
+    def outlier_ratios(self, batches: Sequence[Tensor]) -> list[float]:
+        """OWL's first pass: Wanda scores of the dense model, block by block."""
+        ratios = []
+
+        def visit(i: int, block: nn.Module, inputs: _BlockInputs, inps: Any, outs: Any) -> None:
+            modules = self.targets[i]
+            stats = {
+                n: _Stats(_weight_matrix(m).shape[1], False, self.device)
+                for n, m in modules.items()
+            }
+            handles = _hook_stats(modules, stats)
+            try:
+                _forward_all(self.adapter, block, inputs, inps, outs, self.device)
+            finally:
+                for h in handles:
+                    h.remove()
+            scores = [
+                wanda_scores(_weight_matrix(m), stats[n].column_sq_norm())
+                for n, m in modules.items()
+            ]
+            ratios.append(outlier_ratio(scores, self.config.owl_m) if scores else 0.0)
+
+        self.walk(batches, "OWL outlier ratios", visit)
         return ratios
 
     def prune_layer(
@@ -475,84 +540,57 @@ class _Engine:
             return masks, block_rows, layer_info
 
         assert batches is not None
-        inps = self._store()
-        inputs = _capture(self.model, self.adapter, self.blocks[0], batches, inps)
-        outs = self._store()
         hessian = self.config.method == "sparsegpt"
-        bar = self._progress(f"{self.config.method}")
-        try:
-            for i, block in enumerate(self.blocks):
-                start = time.perf_counter()
-                home = self._block_on_device(block)
-                modules = self.targets[i]
-                # Linears reading the very same tensor (q/k/v, gate/up) share one statistic.
-                groups = (
-                    _sequential_groups(self.adapter, block, modules, inputs, inps[0], self.device)
-                    if modules
-                    else []
-                )
-                passes = [[g] for g in groups] if self.config.true_sequential else [groups]
-                for p, pass_groups in enumerate(passes):
-                    stats = {
-                        g[0]: _Stats(_weight_matrix(modules[g[0]]).shape[1], hessian, self.device)
-                        for g in pass_groups
-                    }
-                    handles = _hook_stats({g[0]: modules[g[0]] for g in pass_groups}, stats)
-                    try:
+
+        def visit(i: int, block: nn.Module, inputs: _BlockInputs, inps: Any, outs: Any) -> dict:
+            start = time.perf_counter()
+            modules = self.targets[i]
+            # Linears reading the very same tensor (q/k/v, gate/up) share one statistic.
+            groups = (
+                _sequential_groups(self.adapter, block, modules, inputs, inps[0], self.device)
+                if modules
+                else []
+            )
+            passes = [[g] for g in groups] if self.config.true_sequential else [groups]
+            for p, pass_groups in enumerate(passes):
+                stats = {
+                    g[0]: _Stats(_weight_matrix(modules[g[0]]).shape[1], hessian, self.device)
+                    for g in pass_groups
+                }
+                handles = _hook_stats({g[0]: modules[g[0]] for g in pass_groups}, stats)
+                try:
+                    if p == 0:  # dense outputs, kept to measure the block's error
+                        _forward_all(self.adapter, block, inputs, inps, outs, self.device)
+                    else:
                         for b in range(len(inps)):
-                            out = _run_block(self.adapter, block, inputs, b, inps[b], self.device)
-                            if p == 0:  # dense outputs, kept to measure the block's error
-                                if b < len(outs):
-                                    outs[b] = out
-                                else:
-                                    outs.append(out)
-                    finally:
-                        for h in handles:
-                            h.remove()
-                    for group in pass_groups:
-                        shared = stats.pop(group[0])
-                        for name in group:
-                            mask, info = self.prune_layer(
-                                name, modules[name], shared, block_sparsity[i]
-                            )
-                            masks[f"{name}.weight"] = mask
-                            layer_info[name] = info
-                if not groups or not modules:  # nothing to prune: still move the activations
-                    for b in range(len(inps)):
-                        out = _run_block(self.adapter, block, inputs, b, inps[b], self.device)
-                        if b < len(outs):
-                            outs[b] = out
-                        else:
-                            outs.append(out)
-                err_num = err_den = 0.0
-                for b in range(len(inps)):
-                    out = _run_block(self.adapter, block, inputs, b, inps[b], self.device)
-                    dense = outs[b]
-                    err_num += float((out.float() - dense.float()).square().sum())
-                    err_den += float(dense.float().square().sum())
-                    outs[b] = out
-                if home is not None:
-                    block.to(home)
-                    for name in modules:  # masks follow their weights home (the device rule)
-                        if f"{name}.weight" in masks:
-                            masks[f"{name}.weight"] = masks[f"{name}.weight"].to(home)
-                inps, outs = outs, inps
-                inputs.hidden = inps
-                error = err_num / err_den if err_den else 0.0
-                block_rows.append(
-                    {
-                        "block": i,
-                        "sparsity": block_sparsity[i],
-                        "output_error": error,
-                        "seconds": time.perf_counter() - start,
-                    }
-                )
-                bar.set_postfix(block=i, rel_err=f"{error:.2e}")
-                bar.update(1)
-        finally:
-            bar.close()
-            inps.close()
-            outs.close()
+                            _run_block(self.adapter, block, inputs, b, inps[b], self.device)
+                finally:
+                    for h in handles:
+                        h.remove()
+                for group in pass_groups:
+                    shared = stats.pop(group[0])
+                    for name in group:
+                        mask, info = self.prune_layer(
+                            name, modules[name], shared, block_sparsity[i]
+                        )
+                        masks[f"{name}.weight"] = mask
+                        layer_info[name] = info
+            if not groups or not modules:  # nothing to prune: still move the activations
+                _forward_all(self.adapter, block, inputs, inps, outs, self.device)
+            error = _output_error(
+                self.adapter, block, inputs, inps, outs, self.device, replace=True
+            )
+            block_rows.append(
+                {
+                    "block": i,
+                    "sparsity": block_sparsity[i],
+                    "output_error": error,
+                    "seconds": time.perf_counter() - start,
+                }
+            )
+            return {"block": i, "rel_err": f"{error:.2e}"}
+
+        self.walk(batches, f"{self.config.method}", visit, masks)
         return masks, block_rows, layer_info
 
 
@@ -621,30 +659,9 @@ def prune_llm(
         (mask set over the pruned parameters, report dict with per-layer / per-block sparsity,
         block output errors, timings and the settings used).
     """
+    config = LLMPruneConfig.from_values(locals())  # the options, before any other local
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    config = LLMPruneConfig(
-        method=method,
-        sparsity=sparsity,
-        pattern=pattern,
-        nsamples=nsamples,
-        seqlen=seqlen,
-        batch_size=batch_size,
-        owl=owl,
-        owl_m=owl_m,
-        owl_lambda=owl_lambda,
-        include=tuple(include),
-        exclude=tuple(exclude),
-        true_sequential=true_sequential,
-        magnitude_scope=magnitude_scope,
-        blocksize=blocksize,
-        percdamp=percdamp,
-        offload=offload,
-        offload_dir=offload_dir,
-        max_memory=max_memory,
-        seed=seed,
-        progress=progress,
-    )
     nm = config.validate()
     if nm is not None:
         sparsity = 1.0 - nm[0] / nm[1]
@@ -665,42 +682,11 @@ def prune_llm(
     if method != "magnitude":
         if calibration is None:
             raise ValueError(f"calibration: method {method!r} needs calibration data")
-        context = chosen.context_length(model)
-        requested = seqlen or default_seqlen(context)
-        if context and requested > context:
-            warnings.warn(
-                f"seqlen: {requested} exceeds the model's context of {context}; using {context}",
-                stacklevel=2,
-            )
-            requested = context
-        budget = max_memory
-        if budget is None and offload != "disk":
-            free = available_memory(torch.device("cpu") if offload == "cpu" else device)
-            budget = free // 2 if free else None
-        hidden = chosen.hidden_size(model) or _embedding_dim(model)
-        dtype_bytes = next(model.parameters()).element_size()
-        used = requested
-        if hidden and (offload != "disk" or max_memory is not None):
-            used = cap_seqlen(requested, nsamples, hidden, dtype_bytes, budget)
-        tokens = load_calibration(
-            calibration,
-            tokenizer=tokenizer,
-            nsamples=nsamples,
-            seqlen=used,
-            seed=seed,
-            text_column=text_column,
+        tokens, shape = calibration_tokens(
+            model, chosen, config, calibration, tokenizer, device, text_column
         )
-        check_token_ids(tokens, model)
-        used = tokens.shape[1]
         batches = list(tokens.split(batch_size))
-        report.update(
-            {
-                "nsamples": int(tokens.shape[0]),
-                "seqlen": int(used),
-                "seqlen_requested": int(requested),
-                "seqlen_capped": used < requested,
-            }
-        )
+        report.update(shape)
 
     was_training = model.training
     model.eval()
@@ -736,6 +722,56 @@ def prune_llm(
     report["seconds"] = time.perf_counter() - start
     masks.metadata["report"] = {"method": method, "sparsity": sparsity}
     return masks, report
+
+
+def calibration_tokens(
+    model: nn.Module,
+    adapter: ModelAdapter,
+    config: LLMPruneConfig,
+    calibration: CalibrationSource,
+    tokenizer: Any,
+    device: torch.device,
+    text_column: str = "text",
+) -> tuple[Tensor, dict[str, Any]]:
+    """The ``(nsamples, seqlen)`` calibration windows of a layer-wise pass, and their shape.
+
+    ``seqlen`` defaults to min(2048, context), is cut to the model's context with a warning, and
+    is capped, with a warning, so that two activation buffers fit in ``config.max_memory``
+    (default: half the free memory where the buffers live; no cap when offloading to disk).
+    """
+    context = adapter.context_length(model)
+    requested = config.seqlen or default_seqlen(context)
+    if context and requested > context:
+        warnings.warn(
+            f"seqlen: {requested} exceeds the model's context of {context}; using {context}",
+            stacklevel=3,
+        )
+        requested = context
+    budget = config.max_memory
+    if budget is None and config.offload != "disk":
+        free = available_memory(torch.device("cpu") if config.offload == "cpu" else device)
+        budget = free // 2 if free else None
+    hidden = adapter.hidden_size(model) or _embedding_dim(model)
+    dtype_bytes = next(model.parameters()).element_size()
+    used = requested
+    if hidden and (config.offload != "disk" or config.max_memory is not None):
+        used = cap_seqlen(requested, config.nsamples, hidden, dtype_bytes, budget)
+    tokens = load_calibration(
+        calibration,
+        tokenizer=tokenizer,
+        nsamples=config.nsamples,
+        seqlen=used,
+        seed=config.seed,
+        text_column=text_column,
+    )
+    check_token_ids(tokens, model)
+    shape = {
+        "nsamples": int(tokens.shape[0]),
+        "seqlen": int(tokens.shape[1]),
+        "seqlen_requested": int(requested),
+        "seqlen_capped": tokens.shape[1] < requested,
+    }
+    return tokens, shape
 
 
 def _embedding_dim(model: nn.Module) -> int | None:

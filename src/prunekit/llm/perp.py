@@ -24,16 +24,26 @@ from torch import Tensor, nn
 
 from prunekit.core.masks import MaskSet
 from prunekit.llm.adapters import ModelAdapter, get_adapter, linear_layers, model_device
-from prunekit.llm.calibration import (
-    CalibrationSource,
-    check_token_ids,
-    default_seqlen,
-    load_calibration,
+from prunekit.llm.calibration import CalibrationSource, default_seqlen, load_calibration
+from prunekit.llm.engine import (
+    LLMPruneConfig,
+    _Engine,
+    _forward_all,
+    _hook_stats,
+    _output_error,
+    _run_block,
+    _Stats,
+    _weight_matrix,
+    calibration_tokens,
 )
 from prunekit.llm.lora import ADAPTER_KINDS, add_adapters, merge_adapters
+from prunekit.llm.options import OptionRecord
 
 __all__ = [
     "PARAM_GROUPS",
+    "PerpConfig",
+    "RECONSTRUCT_SKIPS",
+    "ReconstructConfig",
     "TrainableSelection",
     "linear_warmup_decay",
     "perp_retrain",
@@ -204,6 +214,80 @@ def select_trainable(
         counts[kinds[0]] = n
     trainable = sum(p.numel() for p in chosen.values())
     return TrainableSelection(list(chosen), trainable, total, counts, adapters)
+
+
+@dataclass
+class PerpConfig(OptionRecord):
+    """Options of :func:`perp_retrain` (see there); ``perp_retrain(model, masks, data,
+    **config.kwargs())``."""
+
+    params: str | Sequence[str] = ("biases", "norms", "masklora")
+    steps: int = 1000
+    lr: float = 1e-4
+    batch_size: int = 8
+    seqlen: int | None = None
+    rank: int = 8
+    alpha: float | None = None
+    weight_decay: float = 0.0
+    warmup: float = 0.1
+    grad_clip: float | None = 1.0
+    gradient_checkpointing: bool = False
+    amp: str | None = "auto"
+    scale_init_noise: float = 0.0
+    merge: bool = True
+    seed: int = 0
+    progress: bool = True
+    log_every: int = 0
+    mask_token_id: int | None = None
+    mlm_probability: float = 0.15
+
+    def validate(self) -> tuple[str, ...]:
+        """Check the options that do not depend on the model; the parsed parameter groups."""
+        groups = parse_params(self.params)
+        _check_training(self.steps, self.batch_size, self.lr, self.rank)
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(
+                f"mlm_probability: expected a number in (0, 1), got {self.mlm_probability!r}"
+            )
+        return groups
+
+
+@dataclass
+class ReconstructConfig(OptionRecord):
+    """The training options of :func:`reconstruct` (its pruning options are an
+    :class:`~prunekit.llm.engine.LLMPruneConfig`)."""
+
+    params: str | Sequence[str] = ("biases", "norms", "masklora")
+    steps: int = 100
+    lr: float = 1e-3
+    batch_size: int = 8
+    rank: int = 8
+    alpha: float | None = None
+    warmup: float = 0.1
+    scale_init_noise: float = 0.0
+
+    def validate(self) -> tuple[str, ...]:
+        """Check the options; the parsed parameter groups (all inside the blocks)."""
+        groups = parse_params(self.params)
+        if "head" in groups or "embeddings" in groups:
+            raise ValueError(
+                "params: 'head' and 'embeddings' lie outside the blocks; not in reconstruct"
+            )
+        _check_training(self.steps, self.batch_size, self.lr, self.rank)
+        return groups
+
+
+#: Options of :class:`~prunekit.llm.engine.LLMPruneConfig` that :func:`reconstruct` does not
+#: take: its ``batch_size`` is the training one, OWL and true-sequential are prune_llm's only.
+RECONSTRUCT_SKIPS = ("batch_size", "owl", "owl_m", "owl_lambda", "true_sequential")
+
+
+def _check_training(steps: int, batch_size: int, lr: float, rank: int) -> None:
+    for key, value in (("steps", steps), ("batch_size", batch_size), ("rank", rank)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}: expected a positive int, got {value!r}")
+    if not lr > 0:
+        raise ValueError(f"lr: expected a positive number, got {lr!r}")
 
 
 #: What :func:`perp_retrain` can train on: next-token prediction (decoders) or masked-LM.
@@ -428,15 +512,10 @@ def perp_retrain(
     Returns:
         a report: trainable counts and fraction, losses, wall time, peak memory (CUDA).
     """
+    config = PerpConfig.from_values(locals())  # the options, before any other local
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    for key, value in (("steps", steps), ("batch_size", batch_size)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key}: expected a positive int, got {value!r}")
-    if not lr > 0:
-        raise ValueError(f"lr: expected a positive number, got {lr!r}")
-    if not 0.0 < mlm_probability < 1.0:
-        raise ValueError(f"mlm_probability: expected a number in (0, 1), got {mlm_probability!r}")
+    config.validate()
     chosen_adapter = get_adapter(model, adapter)
     objective = check_retrain(
         model,
@@ -588,6 +667,9 @@ def reconstruct(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     device: str | torch.device | None = None,
+    offload: str | None = None,
+    offload_dir: str | None = None,
+    max_memory: int | None = None,
     adapter: str | ModelAdapter | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -603,8 +685,10 @@ def reconstruct(
 
     Args:
         method, sparsity, pattern, calibration, tokenizer, nsamples, seqlen, magnitude_scope,
-            blocksize, percdamp, include, exclude: as in :func:`prune_llm` (calibration is
-            required, also for magnitude, since the targets need activations).
+            blocksize, percdamp, include, exclude, offload, offload_dir, max_memory: as in
+            :func:`prune_llm` (calibration is required, also for magnitude, since the targets
+            need activations); the options are an ``LLMPruneConfig`` without
+            :data:`RECONSTRUCT_SKIPS` plus a :class:`ReconstructConfig`.
         params: block parameters to train (``biases``, ``norms``, one adapter kind, ``full``).
         steps, lr, batch_size: optimisation per block (windows per step drawn from the
             calibration set).
@@ -614,153 +698,97 @@ def reconstruct(
         ||block(X) - Y||^2 / ||Y||^2 right after pruning (``error_pruned``) and after
         reconstruction (``error_reconstructed``), the trainable count and the time taken.
     """
-    from prunekit.llm.engine import (
-        LLMPruneConfig,
-        _capture,
-        _Engine,
-        _hook_stats,
-        _run_block,
-        _Stats,
-        _weight_matrix,
-    )
-
-    groups = parse_params(params)
-    if "head" in groups or "embeddings" in groups:
-        raise ValueError(
-            "params: 'head' and 'embeddings' lie outside the blocks; not in reconstruct"
-        )
+    # the options, before any other local; batch_size is the training one
+    config = LLMPruneConfig.from_values(locals(), skip=RECONSTRUCT_SKIPS)
+    train = ReconstructConfig.from_values(locals())
+    groups = train.validate()
     if calibration is None:
         raise ValueError("calibration: reconstruction needs calibration data (the block inputs)")
-    for key, value in (("steps", steps), ("batch_size", batch_size)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key}: expected a positive int, got {value!r}")
-    config = LLMPruneConfig(
-        method=method,
-        sparsity=sparsity,
-        pattern=pattern,
-        nsamples=nsamples,
-        seqlen=seqlen,
-        include=tuple(include),
-        exclude=tuple(exclude),
-        magnitude_scope=magnitude_scope,
-        blocksize=blocksize,
-        percdamp=percdamp,
-        seed=seed,
-        progress=progress,
-    )
     nm = config.validate()
     if nm is not None:
         sparsity = 1.0 - nm[0] / nm[1]
     chosen = get_adapter(model, adapter)
     dev = torch.device(device) if device is not None else model_device(model)
     engine = _Engine(model, chosen, config, nm, dev)
-    context = chosen.context_length(model)
-    used = seqlen or default_seqlen(context)
-    if context and used > context:
-        used = context
-    tokens = load_calibration(
-        calibration, tokenizer=tokenizer, nsamples=nsamples, seqlen=used, seed=seed
-    )
-    check_token_ids(tokens, model)
-    batches = list(tokens.split(1))
+    tokens, shape = calibration_tokens(model, chosen, config, calibration, tokenizer, dev)
     masks = MaskSet()
     rows: list[dict] = []
     gen = torch.Generator().manual_seed(seed)
+
+    def visit(i: int, block: nn.Module, inputs: Any, inps: Any, outs: Any) -> dict:
+        start = time.perf_counter()
+        modules = engine.targets[i]
+        stats = {
+            n: _Stats(_weight_matrix(m).shape[1], method == "sparsegpt", dev)
+            for n, m in modules.items()
+        }
+        handles = _hook_stats(modules, stats) if method != "magnitude" else []
+        with torch.no_grad():
+            try:  # dense outputs Y (and the layer statistics) on the pruned inputs X
+                _forward_all(chosen, block, inputs, inps, outs, dev)
+            finally:
+                for h in handles:
+                    h.remove()
+            for name, module in modules.items():
+                mask, _info = engine.prune_layer(name, module, stats.pop(name, None), sparsity)
+                masks[f"{name}.weight"] = mask
+            error_pruned = _output_error(chosen, block, inputs, inps, outs, dev)
+        # The block's parameters only: names are relative to the block.
+        prefix = f"{engine.path}.{i}." if engine.path else f"{i}."
+        rel_masks = MaskSet({f"{n[len(prefix) :]}.weight": masks[f"{n}.weight"] for n in modules})
+        selection = select_trainable(
+            block,
+            groups,
+            masks=rel_masks,
+            rank=rank,
+            alpha=alpha,
+            adapter_targets=[n[: -len(".weight")] for n in rel_masks],
+            scale_init_noise=scale_init_noise,
+            seed=seed + i,
+            adapter=chosen,
+        )
+        trainable = [p for p in block.parameters() if p.requires_grad]
+        losses: list[float] = []
+        if trainable:
+            losses = _train_block(
+                chosen,
+                block,
+                inputs,
+                inps,
+                outs,
+                dev,
+                trainable,
+                rel_masks if "full" in groups else None,
+                train,
+                gen,
+            )
+        merge_adapters(block)
+        for p in block.parameters():
+            p.requires_grad_(True)
+        with torch.no_grad():  # the pruned outputs become the next block's inputs
+            error_rec = _output_error(chosen, block, inputs, inps, outs, dev, replace=True)
+        rows.append(
+            {
+                "block": i,
+                "sparsity": sparsity,
+                "error_pruned": error_pruned,
+                "error_reconstructed": error_rec,
+                "trainable": selection.trainable,
+                "loss_first": losses[0] if losses else None,
+                "loss_last": losses[-1] if losses else None,
+                "seconds": time.perf_counter() - start,
+            }
+        )
+        return {"block": i, "rel_err": f"{error_rec:.2e}"}
+
     was_training = model.training
     model.eval()
     start_all = time.perf_counter()
     _peak_memory_start(dev)
-    inps = engine._store()
-    outs = engine._store()
     try:
-        with torch.no_grad():
-            inputs = _capture(model, chosen, engine.blocks[0], batches, inps)
-        for i, block in enumerate(engine.blocks):
-            start = time.perf_counter()
-            home = engine._block_on_device(block)
-            modules = engine.targets[i]
-            stats = {
-                n: _Stats(_weight_matrix(m).shape[1], method == "sparsegpt", dev)
-                for n, m in modules.items()
-            }
-            handles = _hook_stats(modules, stats) if method != "magnitude" else []
-            with torch.no_grad():
-                try:  # dense outputs Y (and the layer statistics) on the pruned inputs X
-                    for b in range(len(inps)):
-                        out = _run_block(chosen, block, inputs, b, inps[b], dev)
-                        if b < len(outs):
-                            outs[b] = out
-                        else:
-                            outs.append(out)
-                finally:
-                    for h in handles:
-                        h.remove()
-                for name, module in modules.items():
-                    mask, _info = engine.prune_layer(name, module, stats.pop(name, None), sparsity)
-                    masks[f"{name}.weight"] = mask
-            block_masks = {f"{n}.weight": masks[f"{n}.weight"] for n in modules}
-            # The block's parameters only: names are relative to the block.
-            prefix = f"{engine.path}.{i}." if engine.path else f"{i}."
-            rel_masks = MaskSet({k[len(prefix) :]: v for k, v in block_masks.items()})
-            error_pruned = _block_error(chosen, block, inputs, inps, outs, dev)
-            row: dict[str, Any] = {"block": i, "sparsity": sparsity, "error_pruned": error_pruned}
-            selection = select_trainable(
-                block,
-                groups,
-                masks=rel_masks,
-                rank=rank,
-                alpha=alpha,
-                adapter_targets=[n[: -len(".weight")] for n in rel_masks],
-                scale_init_noise=scale_init_noise,
-                seed=seed + i,
-                adapter=chosen,
-            )
-            trainable = [p for p in block.parameters() if p.requires_grad]
-            losses: list[float] = []
-            if trainable:
-                losses = _train_block(
-                    chosen,
-                    block,
-                    inputs,
-                    inps,
-                    outs,
-                    dev,
-                    trainable,
-                    rel_masks if "full" in groups else None,
-                    steps,
-                    lr,
-                    batch_size,
-                    warmup,
-                    gen,
-                )
-            merge_adapters(block)
-            for p in block.parameters():
-                p.requires_grad_(True)
-            error_rec = _block_error(chosen, block, inputs, inps, outs, dev)
-            with torch.no_grad():
-                for b in range(len(inps)):  # pruned outputs: the next block's inputs
-                    outs[b] = _run_block(chosen, block, inputs, b, inps[b], dev)
-            if home is not None:
-                block.to(home)
-                for name in modules:  # masks follow their weights home (the device rule)
-                    masks[f"{name}.weight"] = masks[f"{name}.weight"].to(home)
-            inps, outs = outs, inps
-            inputs.hidden = inps
-            row.update(
-                {
-                    "error_reconstructed": error_rec,
-                    "trainable": selection.trainable,
-                    "loss_first": losses[0] if losses else None,
-                    "loss_last": losses[-1] if losses else None,
-                    "seconds": time.perf_counter() - start,
-                }
-            )
-            rows.append(row)
+        engine.walk(list(tokens.split(1)), "reconstruct", visit, masks)
     finally:
-        inps.close()
-        outs.close()
         model.train(was_training)
-    total = sum(p.numel() for p in model.parameters())
     report = {
         "method": method,
         "sparsity": sparsity,
@@ -768,10 +796,10 @@ def reconstruct(
         "params": list(groups),
         "steps_per_block": steps,
         "lr": lr,
-        "nsamples": int(tokens.shape[0]),
-        "seqlen": int(tokens.shape[1]),
+        "nsamples": shape["nsamples"],
+        "seqlen": shape["seqlen"],
         "trainable_per_block_max": max((r["trainable"] for r in rows), default=0),
-        "total_params": total,
+        "total_params": sum(p.numel() for p in model.parameters()),
         "blocks": rows,
         "pruned_sparsity": masks.sparsity,
         "seconds": time.perf_counter() - start_all,
@@ -781,23 +809,8 @@ def reconstruct(
     return masks, report
 
 
-@torch.no_grad()
-def _block_error(adapter, block, inputs, inps, outs, dev) -> float:  # noqa: ANN001
-    from prunekit.llm.engine import _run_block
-
-    num = den = 0.0
-    for b in range(len(inps)):
-        out = _run_block(adapter, block, inputs, b, inps[b], dev).float()
-        target = outs[b].float()
-        num += float((out - target).square().sum())
-        den += float(target.square().sum())
-    return num / den if den else 0.0
-
-
 def _batched_loss(adapter, block, inputs, inps, outs, dev, idx) -> Tensor | None:  # noqa: ANN001
     """MSE over samples ``idx`` in one block call when they share their extra arguments."""
-    from prunekit.llm.engine import _run_block
-
     first = idx[0]
     if any(
         inputs.args[b] is not inputs.args[first] or inputs.kwargs[b] is not inputs.kwargs[first]
@@ -824,16 +837,14 @@ def _train_block(
     dev: torch.device,
     trainable: list[nn.Parameter],
     masks: MaskSet | None,
-    steps: int,
-    lr: float,
-    batch_size: int,
-    warmup: float,
+    train: ReconstructConfig,
     gen: torch.Generator,
 ) -> list[float]:
-    from prunekit.llm.engine import _run_block
-
-    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_warmup_decay(s, steps, warmup))
+    steps, batch_size = train.steps, train.batch_size
+    opt = torch.optim.AdamW(trainable, lr=train.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: linear_warmup_decay(s, steps, train.warmup)
+    )
     handle = masks.attach(opt, block) if masks is not None else None
     n = len(inps)
     losses = []
