@@ -1,11 +1,51 @@
-"""PERP options of ``prunekit prune-llm`` (retraining and block-wise reconstruction)."""
+"""PERP options of ``prunekit prune-llm`` (retraining and block-wise reconstruction).
+
+The flags fill :class:`~prunekit.llm.perp.PerpConfig` and
+:class:`~prunekit.llm.perp.ReconstructConfig`; the command checks them with the records' own
+validation and runs :func:`~prunekit.llm.perp.perp_retrain` / :func:`~prunekit.llm.perp.reconstruct`,
+the functions of the Python API, with those records.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
+from prunekit.commands._flags import Flag, add_flags, field_flags, flag_error, record_values
 from prunekit.core.device import resolve_device
+from prunekit.llm.engine import LLMPruneConfig
+from prunekit.llm.perp import RECONSTRUCT_SKIPS, PerpConfig, ReconstructConfig
+
+#: ``--retrain perp`` and the options it shares with ``--reconstruct`` (params, adapters).
+RETRAIN_FLAGS = (
+    Flag("--retrain", "retrain after pruning: next-token loss for decoders, masked-LM loss for "
+         "encoders with an MLM head, block reconstruction for other encoders (default: no "
+         "retraining)", choices=["perp"]),
+    Flag("--params", "comma-separated groups to train: biases, norms, head, embeddings, "
+         "masklora | scalelora | lora, full (default: %(default)s)", "params",
+         default="biases,norms,masklora"),
+    Flag("--retrain-data", "text / .safetensors ids to retrain on (default: --calib)"),
+    Flag("--retrain-steps", "optimizer steps (default: %(default)s)", "steps", int),
+    Flag("--retrain-lr", "peak AdamW learning rate (default: %(default)s)", "lr", float),
+    Flag("--retrain-batch-size", "windows per step (default: %(default)s)", "batch_size", int),
+    Flag("--retrain-seqlen", "tokens per window (default: --seqlen)", "seqlen", int),
+    Flag("--lora-rank", "adapter rank (default: %(default)s)", "rank", int),
+    Flag("--lora-alpha", "adapter scale numerator (default: the rank)", "alpha", float),
+    Flag("--gradient-checkpointing", "recompute block activations in the backward pass "
+         "(default: off)", "gradient_checkpointing", action="store_true"),
+    Flag("--amp", "autocast: bf16/fp16 on CUDA when auto (default: %(default)s)", "amp",
+         choices=["auto", "bf16", "fp16", "off"]),
+)  # fmt: skip
+
+#: ``--reconstruct``: steps and learning rate per block (the rest as for ``--retrain``).
+RECONSTRUCT_FLAGS = (
+    Flag("--reconstruct", "prune block by block, training each block's --params to match the "
+         "dense outputs (default: off)", action="store_true"),
+    Flag("--reconstruct-steps", "steps per block (default: %(default)s)", "steps", int),
+    Flag("--reconstruct-lr", "AdamW learning rate (default: %(default)s)", "lr", float),
+)  # fmt: skip
 
 
 def add_perp_arguments(p: argparse.ArgumentParser) -> None:
@@ -15,69 +55,21 @@ def add_perp_arguments(p: argparse.ArgumentParser) -> None:
         "retrain a small parameter subset after pruning (masks kept exactly), and/or prune with "
         "block-wise reconstruction",
     )
-    g.add_argument(
-        "--retrain",
-        default=None,
-        choices=["perp"],
-        help="retrain after pruning: next-token loss for decoders, masked-LM loss for encoders "
-        "with an MLM head, block reconstruction for other encoders (default: no retraining)",
-    )
-    g.add_argument(
-        "--params",
-        default="biases,norms,masklora",
-        help="comma-separated groups to train: biases, norms, head, embeddings, masklora | "
-        "scalelora | lora, full (default: biases,norms,masklora)",
-    )
-    g.add_argument(
-        "--retrain-data",
-        default=None,
-        help="text / .safetensors ids to retrain on (default: --calib)",
-    )
-    g.add_argument(
-        "--retrain-steps", type=int, default=1000, help="optimizer steps (default: %(default)s)"
-    )
-    g.add_argument(
-        "--retrain-lr",
-        type=float,
-        default=1e-4,
-        help="peak AdamW learning rate (default: %(default)s)",
-    )
-    g.add_argument(
-        "--retrain-batch-size", type=int, default=8, help="windows per step (default: %(default)s)"
-    )
-    g.add_argument(
-        "--retrain-seqlen", type=int, default=None, help="tokens per window (default: --seqlen)"
-    )
-    g.add_argument("--lora-rank", type=int, default=8, help="adapter rank (default: %(default)s)")
-    g.add_argument(
-        "--lora-alpha", type=float, default=None, help="adapter scale numerator (default: the rank)"
-    )
-    g.add_argument(
-        "--gradient-checkpointing",
-        action="store_true",
-        help="recompute block activations in the backward pass (default: off)",
-    )
-    g.add_argument(
-        "--amp",
-        default="auto",
-        choices=["auto", "bf16", "fp16", "off"],
-        help="autocast: bf16/fp16 on CUDA when auto (default: %(default)s)",
-    )
-    g.add_argument(
-        "--reconstruct",
-        action="store_true",
-        help="prune block by block, training each block's --params to match the dense outputs "
-        "(default: off)",
-    )
-    g.add_argument(
-        "--reconstruct-steps", type=int, default=100, help="steps per block (default: %(default)s)"
-    )
-    g.add_argument(
-        "--reconstruct-lr",
-        type=float,
-        default=1e-3,
-        help="AdamW learning rate (default: %(default)s)",
-    )
+    add_flags(g, RETRAIN_FLAGS, PerpConfig)
+    add_flags(g, RECONSTRUCT_FLAGS, ReconstructConfig)
+
+
+def perp_options(args: argparse.Namespace) -> PerpConfig:
+    """The :func:`~prunekit.llm.perp.perp_retrain` options the flags ask for."""
+    values = record_values(args, RETRAIN_FLAGS)
+    values["seqlen"] = args.retrain_seqlen or args.seqlen
+    return PerpConfig.from_values({**values, "seed": args.seed, "progress": not args.no_progress})
+
+
+def reconstruct_options(args: argparse.Namespace) -> ReconstructConfig:
+    """The training options of :func:`~prunekit.llm.perp.reconstruct` the flags ask for."""
+    values = {**record_values(args, RETRAIN_FLAGS), **record_values(args, RECONSTRUCT_FLAGS)}
+    return ReconstructConfig.from_values(values)
 
 
 def check_perp_args(model: Any, args: argparse.Namespace, tok: Any) -> None:
@@ -87,44 +79,15 @@ def check_perp_args(model: Any, args: argparse.Namespace, tok: Any) -> None:
     then prunes with block-wise reconstruction against the dense model's hidden states
     (``--reconstruct``), and says so.
     """
-    import sys
-    from pathlib import Path
-
-    from prunekit.llm.perp import check_retrain, parse_params, retrain_objective
+    from prunekit.llm.perp import check_retrain, retrain_objective
 
     if args.retrain != "perp" and not args.reconstruct:
         return
-    try:
-        groups = parse_params(args.params)
-    except ValueError as err:
-        raise ValueError(f"--params: {err}") from None
-    for flag, value in (
-        ("--retrain-steps", args.retrain_steps),
-        ("--retrain-batch-size", args.retrain_batch_size),
-        ("--lora-rank", args.lora_rank),
-        ("--reconstruct-steps", args.reconstruct_steps),
-    ):
-        if value < 1:
-            raise ValueError(f"{flag}: expected a positive integer, got {value}")
-    for flag, value in (
-        ("--retrain-lr", args.retrain_lr),
-        ("--reconstruct-lr", args.reconstruct_lr),
-    ):
-        if not value > 0:
-            raise ValueError(f"{flag}: expected a positive number, got {value}")
     if args.retrain == "perp" and not args.reconstruct:
-        data = args.retrain_data or args.calib
-        if data is None:
+        if (args.retrain_data or args.calib) is None:
             raise ValueError("--retrain perp: needs --retrain-data or --calib")
         if args.retrain_data and not Path(args.retrain_data).exists():
             raise FileNotFoundError(f"--retrain-data: no such file {args.retrain_data!r}")
-        from prunekit.llm.adapters import get_adapter
-
-        context = get_adapter(model, args.adapter).context_length(model)
-        seqlen = args.retrain_seqlen or args.seqlen
-        if context and seqlen and seqlen > context:
-            flag = "--retrain-seqlen" if args.retrain_seqlen else "--seqlen"
-            raise ValueError(f"{flag}: {seqlen} tokens exceed the model's context of {context}")
         if retrain_objective(model, args.adapter) is None:
             print(
                 f"prunekit prune-llm: note: {type(model).__name__} is an encoder without a "
@@ -134,30 +97,37 @@ def check_perp_args(model: Any, args: argparse.Namespace, tok: Any) -> None:
             )
             args.reconstruct = True
         else:
+            flags = field_flags(RETRAIN_FLAGS)
+            flags["seqlen"] = "--retrain-seqlen" if args.retrain_seqlen else "--seqlen"
+            config = perp_options(args)
             try:
+                config.validate()
                 check_retrain(
                     model,
-                    groups,
+                    config.params,
                     tokenizer=tok,
-                    amp=None if args.amp == "off" else args.amp,
+                    amp=config.amp,
                     device=resolve_device(args.device, "--device"),
                     adapter=args.adapter,
+                    seqlen=config.seqlen,
                 )
             except ValueError as err:
-                raise ValueError(f"--retrain perp: {err}") from None
+                raise flag_error(err, flags, "--retrain perp") from None
     if args.reconstruct:
         if args.owl or args.true_sequential:
             raise ValueError("--reconstruct: --owl and --true-sequential are not supported with it")
-        if "head" in groups or "embeddings" in groups:
-            raise ValueError(
-                "--params: 'head' and 'embeddings' lie outside the blocks; block-wise "
-                "reconstruction cannot train them"
-            )
+        flags = {**field_flags(RETRAIN_FLAGS), **field_flags(RECONSTRUCT_FLAGS)}
+        try:
+            reconstruct_options(args).validate()
+        except ValueError as err:
+            raise flag_error(err, flags, "--reconstruct") from None
         if args.calib is None:
             raise ValueError("--reconstruct: needs --calib (the block inputs)")
 
 
-def reconstruct_from_args(model: Any, args: argparse.Namespace, calibration: Any, tok: Any):
+def reconstruct_from_args(
+    model: Any, args: argparse.Namespace, prune: LLMPruneConfig, calibration: Any, tok: Any
+) -> tuple[Any, dict]:
     """Run :func:`prunekit.llm.perp.reconstruct` with the prune-llm options."""
     from prunekit.llm.perp import reconstruct
 
@@ -165,32 +135,18 @@ def reconstruct_from_args(model: Any, args: argparse.Namespace, calibration: Any
         raise ValueError("--reconstruct: --owl and --true-sequential are not supported with it")
     return reconstruct(
         model,
-        args.method,
-        args.sparsity,
-        args.pattern,
-        calibration,
-        args.params,
+        calibration=calibration,
         tokenizer=tok,
-        nsamples=args.nsamples,
-        seqlen=args.seqlen,
-        steps=args.reconstruct_steps,
-        lr=args.reconstruct_lr,
-        batch_size=args.retrain_batch_size,
-        rank=args.lora_rank,
-        alpha=args.lora_alpha,
-        magnitude_scope=args.magnitude_scope,
-        blocksize=args.blocksize,
-        percdamp=args.percdamp,
-        include=args.include,
-        exclude=args.exclude,
         device=resolve_device(args.device, "--device"),
         adapter=args.adapter,
-        seed=args.seed,
-        progress=not args.no_progress,
+        **prune.kwargs(skip=RECONSTRUCT_SKIPS),
+        **reconstruct_options(args).kwargs(),
     )
 
 
-def retrain_from_args(model: Any, masks: Any, args: argparse.Namespace, data: Any, tok: Any):
+def retrain_from_args(
+    model: Any, masks: Any, args: argparse.Namespace, data: Any, tok: Any
+) -> dict[str, Any]:
     """Run :func:`prunekit.llm.perp.perp_retrain` with the prune-llm options."""
     from prunekit.llm.perp import perp_retrain
 
@@ -200,18 +156,8 @@ def retrain_from_args(model: Any, masks: Any, args: argparse.Namespace, data: An
         model,
         masks,
         data,
-        args.params,
         tokenizer=tok,
-        steps=args.retrain_steps,
-        lr=args.retrain_lr,
-        batch_size=args.retrain_batch_size,
-        seqlen=args.retrain_seqlen or args.seqlen,
-        rank=args.lora_rank,
-        alpha=args.lora_alpha,
-        gradient_checkpointing=args.gradient_checkpointing,
-        amp=None if args.amp == "off" else args.amp,
         device=resolve_device(args.device, "--device"),
         adapter=args.adapter,
-        seed=args.seed,
-        progress=not args.no_progress,
+        **perp_options(args).kwargs(),
     )

@@ -14,6 +14,7 @@ from prunekit.commands._common import (
     apply_threads,
     progress_enabled,
 )
+from prunekit.commands._flags import Flag, add_flags, record_values
 from prunekit.commands._perp_options import (
     add_perp_arguments,
     check_perp_args,
@@ -22,6 +23,7 @@ from prunekit.commands._perp_options import (
 )
 from prunekit.core.device import resolve_device
 from prunekit.criteria.registry import criterion_names
+from prunekit.llm.engine import LLMPruneConfig
 
 EXAMPLE = """examples:
   prunekit prune-llm ./opt-125m --method sparsegpt --sparsity 0.5 --calib calib.txt \\
@@ -38,6 +40,55 @@ ids in a .safetensors file do not.
 """
 
 
+#: prune-llm's flags in help order; those with a field fill :class:`LLMPruneConfig`.
+PRUNE_FLAGS = (
+    Flag("--method", "pruning rule (default: %(default)s)", "method", default="sparsegpt",
+         choices=criterion_names("llm")),  # the registry's kind "llm"
+    Flag("--sparsity", "fraction of weights pruned (default: %(default)s)", "sparsity", float),
+    Flag("--pattern", "N:M semi-structured pattern, e.g. 2:4 (default: unstructured; implies "
+         "the sparsity 1 - N/M)", "pattern"),
+    Flag("--calib", "calibration text file, dataset saved with save_to_disk, or .safetensors "
+         "of token ids (tensor 'input_ids'); required except for magnitude (default: none)"),
+    Flag("--out", "output directory (created; required)", required=True),
+    Flag("--compressed-tensors", "also write OUT/compressed-tensors/: the pruned layers in the "
+         "compressed-tensors sparse layout (sparse-24-bitmask for 2:4, else sparse-bitmask) for "
+         "inference engines (default: off)", action="store_true"),
+    Flag("--nsamples", "calibration windows (default: %(default)s)", "nsamples", int),
+    Flag("--seqlen", "tokens per calibration window (default: min(2048, the model's context))",
+         "seqlen", int),
+    Flag("--batch-size", "windows per forward pass of a block (default: %(default)s)",
+         "batch_size", int),
+    Flag("--owl", "OWL outlier-weighted block sparsities (default: off)", "owl",
+         action="store_true"),
+    Flag("--owl-m", "OWL: a score is an outlier above M x the mean (default: %(default)s)",
+         "owl_m", float),
+    Flag("--owl-lambda", "OWL: block sparsities spread over s +- lambda (default: %(default)s)",
+         "owl_lambda", float),
+    Flag("--include", "regex of layer names to prune (repeatable; default: every linear in the "
+         "blocks)", "include", default=[], action="append"),
+    Flag("--exclude", "regex of layer names to keep dense (repeatable; default: none)",
+         "exclude", default=[], action="append"),
+    Flag("--true-sequential", "within a block, recompute the inputs of each layer after pruning "
+         "the previous ones (default: off)", "true_sequential", action="store_true"),
+    Flag("--magnitude-scope", "magnitude: compare weights within the layer or each row "
+         "(default: %(default)s)", "magnitude_scope", choices=["layer", "row"]),
+    Flag("--blocksize", "SparseGPT column block size (default: %(default)s)", "blocksize", int),
+    Flag("--percdamp", "SparseGPT dampening, a fraction of mean(diag H) (default: %(default)s)",
+         "percdamp", float),
+    Flag("--device", "where blocks are processed: auto (CUDA when present), cpu, cuda:N "
+         "(default: %(default)s)", default="auto"),
+    Flag("--offload", "keep the blocks not being pruned on the CPU or on disk (default: no "
+         "offload)", "offload", choices=["cpu", "disk"]),
+    Flag("--dtype", "load the weights in this dtype (default: as saved)",
+         choices=["float32", "float16", "bfloat16"]),
+    Flag("--adapter", "force a model adapter, e.g. generic (default: detected from the model)"),
+    Flag("--seed", "calibration sampling seed (default: %(default)s)", "seed", int),
+    Flag("--eval", "text file: perplexity before and after (default: none)"),
+    Flag("--eval-seqlen", "evaluation window (default: --seqlen)", type=int),
+    Flag("--eval-windows", "cap on evaluation windows (default: all)", type=int),
+)  # fmt: skip
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "prune-llm",
@@ -47,133 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model_dir", help="local model directory (from_pretrained / prunekit GPT)")
-    p.add_argument(
-        "--method",
-        default="sparsegpt",
-        choices=criterion_names("llm"),  # the registry's kind "llm"
-        help="pruning rule (default: %(default)s)",
-    )
-    p.add_argument(
-        "--sparsity", type=float, default=0.5, help="fraction of weights pruned (default: 0.5)"
-    )
-    p.add_argument(
-        "--pattern",
-        default=None,
-        help="N:M semi-structured pattern, e.g. 2:4 (default: unstructured; implies the "
-        "sparsity 1 - N/M)",
-    )
-    p.add_argument(
-        "--calib",
-        default=None,
-        help="calibration text file, dataset saved with save_to_disk, or .safetensors of "
-        "token ids (tensor 'input_ids'); required except for magnitude (default: none)",
-    )
-    p.add_argument("--out", required=True, help="output directory (created; required)")
-    p.add_argument(
-        "--compressed-tensors",
-        action="store_true",
-        help="also write OUT/compressed-tensors/: the pruned layers in the compressed-tensors "
-        "sparse layout (sparse-24-bitmask for 2:4, else sparse-bitmask) for inference engines "
-        "(default: off)",
-    )
-    p.add_argument(
-        "--nsamples", type=int, default=128, help="calibration windows (default: %(default)s)"
-    )
-    p.add_argument(
-        "--seqlen",
-        type=int,
-        default=None,
-        help="tokens per calibration window (default: min(2048, the model's context))",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=1,
-        help="windows per forward pass of a block (default: %(default)s)",
-    )
-    p.add_argument(
-        "--owl", action="store_true", help="OWL outlier-weighted block sparsities (default: off)"
-    )
-    p.add_argument(
-        "--owl-m",
-        type=float,
-        default=5.0,
-        help="OWL: a score is an outlier above M x the mean (default: %(default)s)",
-    )
-    p.add_argument(
-        "--owl-lambda",
-        type=float,
-        default=0.08,
-        help="OWL: block sparsities spread over s +- lambda (default: %(default)s)",
-    )
-    p.add_argument(
-        "--include",
-        action="append",
-        default=[],
-        help="regex of layer names to prune (repeatable; default: every linear in the blocks)",
-    )
-    p.add_argument(
-        "--exclude",
-        action="append",
-        default=[],
-        help="regex of layer names to keep dense (repeatable; default: none)",
-    )
-    p.add_argument(
-        "--true-sequential",
-        action="store_true",
-        help="within a block, recompute the inputs of each layer after pruning the previous "
-        "ones (default: off)",
-    )
-    p.add_argument(
-        "--magnitude-scope",
-        default="layer",
-        choices=["layer", "row"],
-        help="magnitude: compare weights within the layer or each row (default: %(default)s)",
-    )
-    p.add_argument(
-        "--blocksize", type=int, default=128, help="SparseGPT column block size (default: 128)"
-    )
-    p.add_argument(
-        "--percdamp",
-        type=float,
-        default=0.01,
-        help="SparseGPT dampening, a fraction of mean(diag H) (default: %(default)s)",
-    )
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="where blocks are processed: auto (CUDA when present), cpu, cuda:N "
-        "(default: %(default)s)",
-    )
-    p.add_argument(
-        "--offload",
-        default=None,
-        choices=["cpu", "disk"],
-        help="keep the blocks not being pruned on the CPU or on disk (default: no offload)",
-    )
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=["float32", "float16", "bfloat16"],
-        help="load the weights in this dtype (default: as saved)",
-    )
-    p.add_argument(
-        "--adapter",
-        default=None,
-        help="force a model adapter, e.g. generic (default: detected from the model)",
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="calibration sampling seed (default: %(default)s)"
-    )
-    p.add_argument(
-        "--eval", default=None, help="text file: perplexity before and after (default: none)"
-    )
-    p.add_argument(
-        "--eval-seqlen", type=int, default=None, help="evaluation window (default: --seqlen)"
-    )
-    p.add_argument(
-        "--eval-windows", type=int, default=None, help="cap on evaluation windows (default: all)"
-    )
+    add_flags(p, PRUNE_FLAGS, LLMPruneConfig)
     add_progress_argument(p)
     add_threads_argument(p)
     p.add_argument(
@@ -184,6 +109,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_perp_arguments(p)
     p.set_defaults(func=run)
+
+
+def prune_options(args: argparse.Namespace) -> LLMPruneConfig:
+    """The :func:`~prunekit.llm.prune_llm` options the flags ask for."""
+    values = record_values(args, PRUNE_FLAGS)
+    return LLMPruneConfig.from_values({**values, "progress": not args.no_progress})
 
 
 def _calibration(path: str | None):
@@ -275,32 +206,16 @@ def run(args: argparse.Namespace) -> int:
     if args.eval:
         ppl_before = perplexity(model, args.eval, **eval_kw)
     if args.reconstruct:
-        masks, report = reconstruct_from_args(model, args, _calibration(args.calib), text_tokenizer)
+        prune, calibration = prune_options(args), _calibration(args.calib)
+        masks, report = reconstruct_from_args(model, args, prune, calibration, text_tokenizer)
     else:
         masks, report = prune_llm(
             model,
-            args.method,
-            args.sparsity,
-            args.pattern,
-            _calibration(args.calib),
+            calibration=_calibration(args.calib),
             tokenizer=text_tokenizer,
-            nsamples=args.nsamples,
-            seqlen=args.seqlen,
-            batch_size=args.batch_size,
-            owl=args.owl,
-            owl_m=args.owl_m,
-            owl_lambda=args.owl_lambda,
-            include=args.include,
-            exclude=args.exclude,
-            true_sequential=args.true_sequential,
-            magnitude_scope=args.magnitude_scope,
-            blocksize=args.blocksize,
-            percdamp=args.percdamp,
             device=resolve_device(args.device, "--device"),
-            offload=args.offload,
             adapter=args.adapter,
-            seed=args.seed,
-            progress=not args.no_progress,
+            **prune_options(args).kwargs(),
         )
     if args.eval:
         report["perplexity"] = {

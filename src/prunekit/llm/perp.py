@@ -333,17 +333,22 @@ def check_retrain(
     amp: str | None = "auto",
     device: str | torch.device | None = None,
     adapter: str | ModelAdapter | None = None,
+    seqlen: int | None = None,
 ) -> str:
     """Validate :func:`perp_retrain`'s options against ``model`` before any work; the objective.
 
     Raises:
         ValueError: an unknown or unusable parameter group, an encoder without a masked-LM head,
-            a masked-LM model without a mask token, an autocast mode the device cannot run.
+            a masked-LM model without a mask token, an autocast mode the device cannot run,
+            a ``seqlen`` (when given) longer than the model's context.
     """
     groups = parse_params(params)
     dev = torch.device(device) if device is not None else model_device(model)
     _autocast(dev, amp)
     chosen = get_adapter(model, adapter)
+    context = chosen.context_length(model)
+    if seqlen and context and seqlen > context:
+        raise ValueError(f"seqlen: {seqlen} tokens exceed the model's context of {context}")
     objective = retrain_objective(model, chosen)
     if objective is None:
         raise ValueError(
