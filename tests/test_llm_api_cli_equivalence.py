@@ -97,3 +97,39 @@ def test_retraining_changes_what_it_trains(llama):
     # norms are trained; MaskLoRA merges into the pruned linears; embeddings and head stay
     assert any("norm" in n for n in changed) and any("q_proj" in n for n in changed)
     assert "model.embed_tokens.weight" not in changed and "lm_head.weight" not in changed
+
+
+def test_flags_fill_the_records_with_their_defaults():
+    from prunekit.cli import build_parser
+    from prunekit.commands._perp_options import (
+        RECONSTRUCT_FLAGS,
+        RETRAIN_FLAGS,
+        perp_options,
+        reconstruct_options,
+    )
+    from prunekit.commands.prune_llm import PRUNE_FLAGS, prune_options
+    from prunekit.llm import LLMPruneConfig
+    from prunekit.llm.perp import PerpConfig, ReconstructConfig
+
+    for flags, record in ((PRUNE_FLAGS, LLMPruneConfig), (RETRAIN_FLAGS, PerpConfig),
+                          (RECONSTRUCT_FLAGS, ReconstructConfig)):  # fmt: skip
+        assert {f.field for f in flags if f.field} <= set(record.field_names())
+    args = build_parser().parse_args(["prune-llm", "m", "--out", "o"])
+    args.no_progress = True
+    # the command's one own default: SparseGPT; every other default is the record's
+    assert prune_options(args) == LLMPruneConfig(method="sparsegpt", progress=False)
+    params = "biases,norms,masklora"
+    assert perp_options(args) == PerpConfig(params, progress=False)
+    assert reconstruct_options(args) == ReconstructConfig(params)
+
+
+def test_record_errors_name_the_flag(llama, tmp_path, capsys):
+    src, calib = llama
+    base = ["prune-llm", str(src), "--calib", calib, "--out", str(tmp_path / "o"), *COMMON]
+    assert main([*base, "--retrain", "perp", "--retrain-steps", "0"]) == 2
+    assert "--retrain-steps: expected a positive int, got 0" in capsys.readouterr().err
+    assert main([*base, "--reconstruct", "--reconstruct-lr", "0"]) == 2
+    assert "--reconstruct-lr: expected a positive number, got 0.0" in capsys.readouterr().err
+    assert main([*base, "--reconstruct", "--params", "head"]) == 2
+    assert "--params: 'head' and 'embeddings' lie outside the blocks" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -20,7 +20,13 @@ from prunekit.llm.calibration import byte_tokenizer, load_calibration
 from prunekit.llm.engine import METHODS, LLMPruneConfig, prune_llm
 from prunekit.llm.lora import AdapterLinear, add_adapters, merge_adapters
 from prunekit.llm.methods import magnitude_mask, owl_sparsities, wanda_mask
-from prunekit.llm.perp import perp_retrain, reconstruct, select_trainable
+from prunekit.llm.perp import (
+    PerpConfig,
+    ReconstructConfig,
+    perp_retrain,
+    reconstruct,
+    select_trainable,
+)
 from prunekit.llm.sparsegpt import CholeskyError, sparsegpt_prune
 
 __all__ = [
@@ -28,6 +34,8 @@ __all__ = [
     "add_adapters",
     "merge_adapters",
     "perp_retrain",
+    "PerpConfig",
+    "ReconstructConfig",
     "reconstruct",
     "select_trainable",
     "METHODS",
