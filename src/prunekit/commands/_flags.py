@@ -27,7 +27,7 @@ class Flag:
     field: str | None = None
     type: Callable[[str], Any] | None = None
     default: Any = _FROM_RECORD
-    choices: Sequence[Any] | None = None
+    choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None  # callable: at parser build
     action: str | None = None
     required: bool = False
 
@@ -59,6 +59,8 @@ def add_flags(
         for key in ("type", "choices", "action"):
             if getattr(flag, key) is not None:
                 kwargs[key] = getattr(flag, key)
+        if callable(flag.choices):  # e.g. a registry's names, read when the parser is built
+            kwargs["choices"] = flag.choices()
         if flag.required:
             kwargs["required"] = True
         parser.add_argument(flag.name, **kwargs)

@@ -43,7 +43,7 @@ ids in a .safetensors file do not.
 #: prune-llm's flags in help order; those with a field fill :class:`LLMPruneConfig`.
 PRUNE_FLAGS = (
     Flag("--method", "pruning rule (default: %(default)s)", "method", default="sparsegpt",
-         choices=criterion_names("llm")),  # the registry's kind "llm"
+         choices=lambda: criterion_names("llm")),  # the registry's kind "llm"
     Flag("--sparsity", "fraction of weights pruned (default: %(default)s)", "sparsity", float),
     Flag("--pattern", "N:M semi-structured pattern, e.g. 2:4 (default: unstructured; implies "
          "the sparsity 1 - N/M)", "pattern"),
