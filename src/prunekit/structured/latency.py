@@ -8,16 +8,20 @@ or output channels belong to the group is timed alone, on the input shape it see
 removes, step by step, the channels with the lowest importance per millisecond saved, moving each
 group only to widths that the table says are faster (a per-layer ``round_to`` chosen by
 measurement), until the estimated latency reaches ``target_latency`` (a fraction of the dense
-model's). The estimate adds per-group savings (a layer shared by two groups is counted in both),
-so the whole pruned model is timed again at the end.
+model's). The estimate adds per-group savings (a layer shared by two groups is counted in both)
+and leaves out normalisation, activations and additions, so :func:`fit_latency` (what
+``prunekit.structured.prune(..., target_latency=...)`` uses) closes the loop: it bisects the
+table's target until the *measured* latency of the whole pruned model meets the goal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,9 +34,19 @@ from prunekit.structured.graph import build_graph
 from prunekit.structured.groups import ChannelGroup, find_groups
 from prunekit.structured.shrink import keep_indices, shrink
 
-__all__ = ["LatencyPlan", "latency_table", "allocate_by_latency", "prune_for_latency"]
+__all__ = [
+    "LatencyFit",
+    "LatencyPlan",
+    "allocate_by_latency",
+    "fit_latency",
+    "latency_table",
+    "median_seconds",
+    "prune_for_latency",
+]
 
-LayerTimer = Callable[[nn.Module, Tensor], float]
+# ``timer(module, inputs) -> seconds``: ``inputs`` is a tensor for one layer, or the example
+# inputs (tensor, tuple or dict) for a whole model.
+LayerTimer = Callable[[nn.Module, Any], float]
 _TIMED = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
@@ -44,17 +58,27 @@ def _call(model: nn.Module, inputs: Any) -> Any:
     return model(inputs)
 
 
-def median_seconds(module: nn.Module, x: Tensor, repeats: int = 7, warmup: int = 2) -> float:
-    """Median seconds of ``module(x)`` without grad after ``warmup`` calls."""
+def _cuda_devices(inputs: Any) -> set[torch.device]:
+    values = inputs.values() if isinstance(inputs, dict) else inputs
+    values = values if isinstance(values, (tuple, list)) or isinstance(inputs, dict) else [values]
+    return {v.device for v in values if isinstance(v, Tensor) and v.is_cuda}
+
+
+def median_seconds(module: nn.Module, inputs: Any, repeats: int = 7, warmup: int = 2) -> float:
+    """Median seconds of ``module(inputs)`` without grad after ``warmup`` calls.
+
+    ``inputs`` is a tensor, a tuple of positional inputs or a dict of keyword inputs; CUDA work
+    is synchronised before the clock stops."""
+    devices = _cuda_devices(inputs)
     times = []
     with torch.no_grad():
         for i in range(warmup + repeats):
-            if x.is_cuda:
-                torch.cuda.synchronize(x.device)
+            for d in devices:
+                torch.cuda.synchronize(d)
             start = time.perf_counter()
-            module(x)
-            if x.is_cuda:
-                torch.cuda.synchronize(x.device)
+            _call(module, inputs)
+            for d in devices:
+                torch.cuda.synchronize(d)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     return statistics.median(times)
@@ -271,3 +295,123 @@ def prune_for_latency(
         for gi in table
     }
     return model, LatencyPlan(widths, after / before if before else 1.0, table)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)`` (unchanged when ``None``)."""
+    if threads is None:
+        yield
+        return
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"latency_threads: expected a positive int, got {threads!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def rounded_table(
+    table: dict[int, dict[int, float]], groups: list[ChannelGroup], round_to: int | None
+) -> dict[int, dict[int, float]]:
+    """The table without widths whose channel count is not a multiple of ``round_to``."""
+    if not round_to or round_to <= 1:
+        return table
+    return {
+        gi: {
+            w: t
+            for w, t in row.items()
+            if w == groups[gi].size or (w * groups[gi].unit) % round_to == 0
+        }
+        for gi, row in table.items()
+    }
+
+
+@dataclass
+class LatencyFit:
+    """What :func:`fit_latency` chose and measured."""
+
+    pruned: dict[int, Tensor]  # group index -> positions removed
+    dense_seconds: float  # whole model, measured
+    pruned_seconds: float  # whole pruned model, measured
+    reached: bool  # pruned_seconds <= target * dense_seconds
+    trials: int  # pruned models built and timed
+
+
+def fit_latency(
+    model: nn.Module,
+    groups: list[ChannelGroup],
+    scores: dict[int, Tensor],
+    sizes: dict[tuple[str, int], int],
+    inputs: Any,
+    target_latency: float,
+    *,
+    timer: LayerTimer | None = None,
+    min_channels: int | float = 1,
+    round_to: int | None = None,
+    levels: int = 8,
+    steps: int = 8,
+    table: dict[int, dict[int, float]] | None = None,
+    adjust: Callable[[dict[int, Tensor]], dict[int, Tensor]] | None = None,
+) -> LatencyFit:
+    """Positions to prune so the whole model measures at most ``target_latency`` times the
+    dense model's latency on ``inputs`` (their batch size, the model's device).
+
+    The latency table (:func:`latency_table`, on ``inputs``) drives
+    :func:`allocate_by_latency`; its target is bisected (``steps`` trials) so that each trial's
+    pruned copy of ``model``, timed whole by ``timer(model, inputs)``, meets the goal while
+    keeping as many channels as possible. ``adjust(pruned) -> pruned`` post-processes every
+    allocation (e.g. equal widths per layer). When even the deepest allocation the floors allow
+    misses the goal, that allocation is returned with ``reached=False``. ``model`` is not changed.
+    """
+    if isinstance(target_latency, bool) or not isinstance(target_latency, (int, float)):
+        raise TypeError(f"target_latency: expected a float, got {type(target_latency).__name__}")
+    if not 0.0 < target_latency < 1.0:
+        raise ValueError(
+            "target_latency: expected a fraction of the dense model's measured latency in (0, 1), "
+            f"got {target_latency!r}"
+        )
+    timer = timer or median_seconds
+    was = model.training
+    model.eval()
+    try:
+        if table is None:
+            table = latency_table(model, inputs, groups, levels=levels, timer=timer)
+        table = rounded_table(table, groups, round_to)
+        dense = float(timer(model, inputs))
+        if not math.isfinite(dense) or dense <= 0:
+            raise ValueError(f"timer: expected a positive number of seconds, got {dense!r}")
+        goal = target_latency * dense
+        seen: dict[tuple, tuple[float, dict[int, Tensor]]] = {}
+
+        def trial(estimate: float) -> tuple[float, dict[int, Tensor]]:
+            pruned = allocate_by_latency(groups, scores, table, estimate, min_channels=min_channels)
+            if adjust is not None:
+                pruned = adjust(pruned)
+            key = tuple(sorted((gi, len(p)) for gi, p in pruned.items()))
+            if key not in seen:  # the same widths need no second measurement
+                clone = copy.deepcopy(model)
+                shrink(clone, keep_indices(groups, pruned, sizes))
+                seen[key] = (float(timer(clone.eval(), inputs)), pruned)
+            return seen[key]
+
+        best: tuple[float, float, dict[int, Tensor]] | None = None  # estimate, seconds, pruned
+        low, high, estimate = 0.0, 1.0, target_latency
+        for _ in range(steps):
+            seconds, pruned = trial(estimate)
+            if seconds <= goal:
+                if best is None or estimate > best[0]:
+                    best = (estimate, seconds, pruned)
+                low = estimate
+            else:
+                high = estimate
+            estimate = (low + high) / 2
+        if best is None:  # as deep as the floors allow
+            seconds, pruned = trial(1e-9)
+            best = (1e-9, seconds, pruned)
+        _, seconds, pruned = best
+        return LatencyFit(pruned, dense, seconds, seconds <= goal, len(seen))
+    finally:
+        model.train(was)
