@@ -133,3 +133,23 @@ def test_prune_target_latency_bad_arguments_name_themselves(kwargs, error, messa
 
     with pytest.raises(error, match=message):
         st.prune(_mlp(), torch.randn(2, 8), latency_timer=_model_tiles, **kwargs)
+
+
+def test_table_rounds_interleave_widths_so_a_burst_of_load_is_outvoted():
+    from prunekit.structured import build_graph, find_groups
+    from prunekit.structured.latency import latency_table
+
+    model, x = _mlp(), torch.randn(4, 8)
+    groups = find_groups(build_graph(model, x))
+    calls = []
+
+    def bursty(layer, x):  # the machine is 10x slower during the first 5 calls
+        calls.append(layer.out_features)
+        return _tiles(layer, x) * (10.0 if len(calls) <= 5 else 1.0)
+
+    clean = latency_table(model, x, groups, levels=4, timer=_tiles, rounds=1)
+    assert latency_table(model, x, groups, levels=4, timer=bursty, rounds=3) == clean
+    first_group = calls[: len(calls) // 2]  # 3 rounds over the widths of the first group
+    assert first_group[: len(first_group) // 3] * 3 == first_group
+    with pytest.raises(ValueError, match="rounds: expected a positive int"):
+        latency_table(model, x, groups, timer=_tiles, rounds=0)

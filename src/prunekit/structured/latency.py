@@ -41,6 +41,7 @@ __all__ = [
     "fit_latency",
     "latency_table",
     "median_seconds",
+    "paired_seconds",
     "prune_for_latency",
 ]
 
@@ -140,6 +141,11 @@ def _candidates(size: int, levels: int) -> list[int]:
     return sorted(w for w in widths if 1 <= w <= size)
 
 
+def _quick_seconds(module: nn.Module, x: Tensor) -> float:
+    """One round of the table's default clock: median of 3 calls after 1 warm-up call."""
+    return median_seconds(module, x, repeats=3, warmup=1)
+
+
 def latency_table(
     model: nn.Module,
     example_inputs: Any,
@@ -147,14 +153,20 @@ def latency_table(
     *,
     levels: int = 16,
     timer: LayerTimer | None = None,
+    rounds: int = 3,
 ) -> dict[int, dict[int, float]]:
     """``{group index: {kept components: seconds}}`` for every prunable group.
 
-    The time of a group at a width is the sum over its Conv1d / Conv2d / Linear members (output or input
-    channels) of that layer alone at that width, on the input shape it sees in
-    ``example_inputs``. ``timer(layer, x) -> seconds`` replaces the clock.
+    The time of a group at a width is the sum over its Conv1d / Conv2d / Linear members (output or
+    input channels) of that layer alone at that width, on the input shape it sees in
+    ``example_inputs``. The widths of a group are timed in ``rounds`` interleaved passes and the
+    median kept, so that a burst of load on a shared machine slows all widths alike instead of
+    making one look slow. ``timer(layer, x) -> seconds`` replaces the clock (default: median of
+    3 calls after a warm-up call, per round).
     """
-    timer = timer or median_seconds
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds: expected a positive int, got {rounds!r}")
+    timer = timer or _quick_seconds
     shapes = _layer_inputs(model, example_inputs)
     modules = dict(model.named_modules())
     table: dict[int, dict[int, float]] = {}
@@ -170,9 +182,11 @@ def latency_table(
             if isinstance(module, _TIMED):
                 per = int(group.member_index((name, axis)).shape[1])
                 members.append((module, axis, per, shapes[owner]))
-        row: dict[int, float] = {}
+        # The layers of every width, built once and timed round-robin.
+        cases: dict[int, list[tuple[nn.Module, Tensor]]] = {}
+        inputs: dict[tuple, Tensor] = {}  # one random input per shape
         for width in _candidates(group.size, levels):
-            total = 0.0
+            cases[width] = []
             for module, axis, per, shape in members:
                 layer = _resized(module, axis, width * per)
                 x_shape = list(shape)
@@ -181,10 +195,15 @@ def latency_table(
                 else:
                     x_shape[-1] = layer.in_features
                 dtype = module.weight.dtype
-                x = torch.randn(x_shape, device=module.weight.device, dtype=dtype)
-                total += timer(layer.to(dtype).eval(), x)
-            row[width] = total
-        table[gi] = row
+                key = (tuple(x_shape), dtype, module.weight.device)
+                if key not in inputs:
+                    inputs[key] = torch.randn(x_shape, device=module.weight.device, dtype=dtype)
+                cases[width].append((layer.to(dtype).eval(), inputs[key]))
+        times: dict[int, list[float]] = {w: [] for w in cases}
+        for _ in range(rounds):
+            for width, layers in cases.items():
+                times[width].append(sum(float(timer(layer, x)) for layer, x in layers))
+        table[gi] = {w: statistics.median(ts) for w, ts in times.items()}
     return table
 
 
@@ -329,12 +348,46 @@ def rounded_table(
     }
 
 
+def paired_seconds(
+    dense: nn.Module,
+    pruned: nn.Module,
+    inputs: Any,
+    timer: LayerTimer | None = None,
+    repeats: int = 7,
+) -> tuple[float, float]:
+    """Seconds per call of ``dense`` and ``pruned`` on ``inputs``, measured side by side.
+
+    Without ``timer`` the calls alternate (2 warm-up rounds, median of ``repeats``), so that
+    load from other processes slows both alike and their ratio stays meaningful on a busy
+    machine; with ``timer`` it is ``timer(dense, inputs), timer(pruned, inputs)``."""
+    if timer is not None:
+        pair = float(timer(dense, inputs)), float(timer(pruned, inputs))
+    else:
+        devices = _cuda_devices(inputs)
+        times: tuple[list[float], list[float]] = ([], [])
+        with torch.no_grad():
+            for i in range(2 + repeats):
+                for slot, module in enumerate((dense, pruned)):
+                    for d in devices:
+                        torch.cuda.synchronize(d)
+                    start = time.perf_counter()
+                    _call(module, inputs)
+                    for d in devices:
+                        torch.cuda.synchronize(d)
+                    if i >= 2:
+                        times[slot].append(time.perf_counter() - start)
+        pair = statistics.median(times[0]), statistics.median(times[1])
+    if not all(math.isfinite(t) and t > 0 for t in pair):
+        raise ValueError(f"timer: expected positive numbers of seconds, got {pair!r}")
+    return pair
+
+
 @dataclass
 class LatencyFit:
     """What :func:`fit_latency` chose and measured."""
 
     pruned: dict[int, Tensor]  # group index -> positions removed
-    dense_seconds: float  # whole model, measured
+    dense_seconds: float  # whole model, measured beside the chosen pruned model
     pruned_seconds: float  # whole pruned model, measured
     reached: bool  # pruned_seconds <= target * dense_seconds
     trials: int  # pruned models built and timed
@@ -361,8 +414,9 @@ def fit_latency(
 
     The latency table (:func:`latency_table`, on ``inputs``) drives
     :func:`allocate_by_latency`; its target is bisected (``steps`` trials) so that each trial's
-    pruned copy of ``model``, timed whole by ``timer(model, inputs)``, meets the goal while
-    keeping as many channels as possible. ``adjust(pruned) -> pruned`` post-processes every
+    pruned copy of ``model``, timed whole beside the dense model (:func:`paired_seconds`, which
+    uses ``timer(model, inputs)`` when given), meets the goal while keeping as many channels as
+    possible. ``adjust(pruned) -> pruned`` post-processes every
     allocation (e.g. equal widths per layer). When even the deepest allocation the floors allow
     misses the goal, that allocation is returned with ``reached=False``. ``model`` is not changed.
     """
@@ -373,20 +427,16 @@ def fit_latency(
             "target_latency: expected a fraction of the dense model's measured latency in (0, 1), "
             f"got {target_latency!r}"
         )
-    timer = timer or median_seconds
     was = model.training
     model.eval()
     try:
         if table is None:
             table = latency_table(model, inputs, groups, levels=levels, timer=timer)
         table = rounded_table(table, groups, round_to)
-        dense = float(timer(model, inputs))
-        if not math.isfinite(dense) or dense <= 0:
-            raise ValueError(f"timer: expected a positive number of seconds, got {dense!r}")
-        goal = target_latency * dense
-        seen: dict[tuple, tuple[float, dict[int, Tensor]]] = {}
+        # (dense seconds, pruned seconds, pruned positions) per set of widths
+        seen: dict[tuple, tuple[float, float, dict[int, Tensor]]] = {}
 
-        def trial(estimate: float) -> tuple[float, dict[int, Tensor]]:
+        def trial(estimate: float) -> tuple[float, float, dict[int, Tensor]]:
             pruned = allocate_by_latency(groups, scores, table, estimate, min_channels=min_channels)
             if adjust is not None:
                 pruned = adjust(pruned)
@@ -394,24 +444,23 @@ def fit_latency(
             if key not in seen:  # the same widths need no second measurement
                 clone = copy.deepcopy(model)
                 shrink(clone, keep_indices(groups, pruned, sizes))
-                seen[key] = (float(timer(clone.eval(), inputs)), pruned)
+                seen[key] = (*paired_seconds(model, clone.eval(), inputs, timer), pruned)
             return seen[key]
 
-        best: tuple[float, float, dict[int, Tensor]] | None = None  # estimate, seconds, pruned
+        best: tuple[float, float, float, dict[int, Tensor]] | None = None
         low, high, estimate = 0.0, 1.0, target_latency
         for _ in range(steps):
-            seconds, pruned = trial(estimate)
-            if seconds <= goal:
+            dense, seconds, pruned = trial(estimate)
+            if seconds <= target_latency * dense:
                 if best is None or estimate > best[0]:
-                    best = (estimate, seconds, pruned)
+                    best = (estimate, dense, seconds, pruned)
                 low = estimate
             else:
                 high = estimate
             estimate = (low + high) / 2
         if best is None:  # as deep as the floors allow
-            seconds, pruned = trial(1e-9)
-            best = (1e-9, seconds, pruned)
-        _, seconds, pruned = best
-        return LatencyFit(pruned, dense, seconds, seconds <= goal, len(seen))
+            best = (1e-9, *trial(1e-9))
+        _, dense, seconds, pruned = best
+        return LatencyFit(pruned, dense, seconds, seconds <= target_latency * dense, len(seen))
     finally:
         model.train(was)
