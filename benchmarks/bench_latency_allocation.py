@@ -138,9 +138,10 @@ def fmt(ratios: dict[str, float]) -> str:
 
 
 def widths(dense: nn.Module, model: nn.Module) -> list[tuple[int, int]]:
-    """Distinct (before, after) output widths of the Conv2d layers."""
+    """Distinct (before, after) output widths of the Conv1d / Conv2d layers."""
     pairs = zip(dense.modules(), model.modules(), strict=True)
-    return sorted({(a.out_channels, b.out_channels) for a, b in pairs if isinstance(a, nn.Conv2d)})
+    convs = (nn.Conv1d, nn.Conv2d)
+    return sorted({(a.out_channels, b.out_channels) for a, b in pairs if isinstance(a, convs)})
 
 
 def accuracy_section(args: argparse.Namespace) -> None:
