@@ -126,6 +126,7 @@ def test_prune_target_latency_round_to_and_out_of_reach_warns():
         (dict(target_latency=0.5, target_macs=0.5), ValueError, r"at most one resource target"),
         (dict(target_latency=0.5, iterative_steps=2), ValueError, r"target_latency: works in one"),
         (dict(target_latency=0.5, latency_threads=0), ValueError, r"latency_threads: expected a"),
+        (dict(latency_threads=1), ValueError, r"latency_threads: only used with target_latency"),
     ],
 )
 def test_prune_target_latency_bad_arguments_name_themselves(kwargs, error, message):

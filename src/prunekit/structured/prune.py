@@ -322,6 +322,10 @@ def prune(
             )
         if iterative_steps != 1:
             raise ValueError("target_latency: works in one step; leave iterative_steps at 1")
+    elif latency_inputs is not None or latency_timer is not None or latency_threads is not None:
+        raise ValueError(
+            "latency_inputs / latency_timer / latency_threads: only used with target_latency"
+        )
     if sum(t is not None for t in (target_macs, target_params, target_latency)) > 1:
         raise ValueError(
             "target_macs / target_params / target_latency: give at most one resource target"
