@@ -91,6 +91,27 @@ def test_export_onnx(finished_run, tmp_path):
     assert (tmp_path / "model.onnx").stat().st_size > 0
 
 
+def test_export_onnx_runs_at_any_batch_unless_static(finished_run, tmp_path):
+    import numpy as np
+
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    run = prunekit.load_run(finished_run)
+    assert (
+        main(["export", str(finished_run), "--format", "onnx", "--out", str(tmp_path / "d")]) == 0
+    )
+    session = ort.InferenceSession(str(tmp_path / "d" / "model.onnx"))
+    x = torch.randn(3, *run.example_input().shape[1:])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, run.model(x).numpy(), atol=1e-4, rtol=0)
+    static = ["--format", "onnx", "--out", str(tmp_path / "s"), "--static-batch"]
+    assert main(["export", str(finished_run), *static]) == 0
+    session = ort.InferenceSession(str(tmp_path / "s" / "model.onnx"))
+    assert session.get_inputs()[0].shape == list(run.example_input().shape)
+
+
 def test_export_errors(finished_run, tmp_path, capsys):
     assert main(["export", str(finished_run), "--format", "hf", "--out", str(tmp_path / "h")]) == 2
     err = capsys.readouterr().err

@@ -19,7 +19,8 @@ Formats:
   safetensors   the dense state_dict (pruned entries are zeros) + model_spec.json
   compressed    non-zeros + bitmasks (prunekit.load_compressed reads it back) + model_spec.json
   hf            save_pretrained folder (runs whose model came from a Hugging Face folder)
-  onnx          model.onnx, traced on the input example the run recorded
+  onnx          model.onnx, traced on the input example the run recorded; any batch size
+                runs it (--static-batch fixes the example's)
   torchscript   model.pt (torch.jit.trace on that example)
 A run of a model built by a module:function factory is rebuilt only with --allow-import PKG."""
 
@@ -75,15 +76,18 @@ def export_hf(run: Any, out: Path) -> list[Path]:
     return written
 
 
-def export_onnx(run: Any, out: Path) -> list[Path]:
-    """``model.onnx`` through :func:`prunekit.export.to_onnx`."""
+def export_onnx(run: Any, out: Path, *, dynamic_batch: bool = True) -> list[Path]:
+    """``model.onnx`` through :func:`prunekit.export.to_onnx` (a symbolic batch axis unless
+    ``dynamic_batch=False``)."""
     try:
         from prunekit.export import to_onnx
     except ImportError:
         raise ValueError(
             "format: 'onnx' needs prunekit.export.to_onnx, which this installation lacks"
         ) from None
-    path = to_onnx(run.model, (run.example_input(),), out / "model.onnx")
+    path = to_onnx(
+        run.model, (run.example_input(),), out / "model.onnx", dynamic_batch=dynamic_batch
+    )
     return [Path(path)]
 
 
@@ -119,8 +123,11 @@ def export_run(
     out: str | os.PathLike[str],
     *,
     allow_import: list[str] | None = None,
+    dynamic_batch: bool = True,
 ) -> list[Path]:
-    """Write the final model of the run in ``run_dir`` to ``out`` in format ``fmt``."""
+    """Write the final model of the run in ``run_dir`` to ``out`` in format ``fmt``.
+
+    ``dynamic_batch`` (ONNX only) gives the exported graph a symbolic batch axis."""
     from prunekit.experiments.reload import load_run
 
     if fmt not in FORMATS:
@@ -134,6 +141,8 @@ def export_run(
     created = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
     try:
+        if fmt == "onnx":
+            return export_onnx(run, target, dynamic_batch=dynamic_batch)
         return FORMATS[fmt](run, target)
     except BaseException:
         if created:  # leave nothing half-written behind in a folder we made
@@ -143,7 +152,13 @@ def export_run(
 
 
 def run(args: argparse.Namespace) -> int:
-    paths = export_run(args.run_dir, args.format, args.out, allow_import=args.allow_import)
+    paths = export_run(
+        args.run_dir,
+        args.format,
+        args.out,
+        allow_import=args.allow_import,
+        dynamic_batch=not args.static_batch,
+    )
     for path in paths:
         print(path)
     return 0
@@ -164,5 +179,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         metavar="PKG",
         help="allow importing the model factory from package PKG (runs of a model.factory)",
+    )
+    parser.add_argument(
+        "--static-batch",
+        action="store_true",
+        help="onnx: fix the batch size to the recorded example's instead of a symbolic axis",
     )
     parser.set_defaults(func=run)

@@ -1,8 +1,9 @@
 """ONNX export of pruned models (structurally shrunk or masked) through torch's exporter.
 
 A structurally pruned model is an ordinary smaller module and a masked model is a dense module with
-zeros, so both export as they are; ONNX Runtime runs the result. Needs the optional ``onnx`` extra
-(``pip install prunekit[onnx]``).
+zeros, so both export as they are; ONNX Runtime runs the result. The first axis of every input is
+a symbolic ``batch`` dimension by default, so one file serves any batch size. Needs the optional
+``onnx`` extra (``pip install prunekit[onnx]``).
 """
 
 from __future__ import annotations
@@ -59,23 +60,69 @@ def _split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
     )
 
 
+def _batch_axes(args: tuple, kwargs: dict) -> tuple[tuple, dict, Any]:
+    """Inputs to trace with and the ``dynamic_shapes`` that make axis 0 of every tensor ``batch``.
+
+    All tensor inputs must share their first dimension. A batch of 1 is repeated to 2: the
+    exporter would otherwise fix a size-1 axis as a constant.
+    """
+    sizes = {
+        int(v.shape[0])
+        for v in (*args, *kwargs.values())
+        if isinstance(v, torch.Tensor) and v.dim() > 0
+    }
+    if len(sizes) != 1:
+        found = sorted(sizes) or "no tensor with a first axis"
+        raise ValueError(
+            "dynamic_batch: expected every tensor input to share its first (batch) dimension, "
+            f"found {found}; pass dynamic_batch=False to export fixed shapes"
+        )
+    batch = torch.export.Dim("batch", min=1)
+
+    def axis(v: Any) -> Any:
+        return {0: batch} if isinstance(v, torch.Tensor) and v.dim() > 0 else None
+
+    def widen(v: Any) -> Any:
+        if sizes == {1} and isinstance(v, torch.Tensor) and v.dim() > 0:
+            return v.repeat(2, *([1] * (v.dim() - 1)))
+        return v
+
+    args = tuple(widen(v) for v in args)
+    kwargs = {k: widen(v) for k, v in kwargs.items()}
+    shapes = {k: axis(v) for k, v in kwargs.items()} if kwargs else tuple(axis(v) for v in args)
+    return args, kwargs, shapes
+
+
 def to_onnx(
-    model: nn.Module, example_inputs: Any, path: str | os.PathLike[str], *, opset: int | None = None
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | os.PathLike[str],
+    *,
+    opset: int | None = None,
+    dynamic_batch: bool = True,
 ) -> Path:
     """Export ``model`` (in eval mode) to the ONNX file ``path`` and return its path.
 
     ``example_inputs`` is a tensor, a tuple of positional inputs or a dict of keyword inputs; the
-    graph is traced with their shapes. ``opset`` picks the ONNX opset (torch's default when
-    ``None``). The file is written atomically; models over 1 GiB also get an external-data file
-    beside it (ONNX caps one file at 2 GiB).
+    graph is traced with them. With ``dynamic_batch`` (the default) the first axis of every tensor
+    input (and of the outputs) is a symbolic ``batch`` dimension, so the file runs at any batch
+    size; all tensor inputs must then share their first dimension (a batch of 1 is repeated to 2
+    for tracing). ``dynamic_batch=False`` fixes every shape to the example's. ``opset`` picks
+    the ONNX opset (torch's default when ``None``). The file is written atomically; models over
+    1 GiB also get an external-data file beside it (ONNX caps one file at 2 GiB).
     """
     _require_onnx()
     if opset is not None and (not isinstance(opset, int) or opset < 7):
         raise ValueError(f"opset: expected an ONNX opset version >= 7, got {opset!r}")
+    if not isinstance(dynamic_batch, bool):
+        raise TypeError(f"dynamic_batch: expected True or False, got {dynamic_batch!r}")
     target = Path(path)
     if target.is_dir():
         raise IsADirectoryError(f"path: {str(target)!r} is a directory, expected a file name")
     args, kwargs = _split_inputs(example_inputs)
+    shapes = None
+    if dynamic_batch:
+        args, kwargs, shapes = _batch_axes(args, kwargs)
     was_training = model.training
     model.eval()
     # A key/value cache is an output torch.export cannot flatten; an exported graph has no use
@@ -91,6 +138,7 @@ def to_onnx(
                 model,
                 args,
                 kwargs=kwargs or None,
+                dynamic_shapes=shapes,
                 dynamo=True,
                 opset_version=opset,
                 verbose=False,

@@ -8,16 +8,20 @@ or output channels belong to the group is timed alone, on the input shape it see
 removes, step by step, the channels with the lowest importance per millisecond saved, moving each
 group only to widths that the table says are faster (a per-layer ``round_to`` chosen by
 measurement), until the estimated latency reaches ``target_latency`` (a fraction of the dense
-model's). The estimate adds per-group savings (a layer shared by two groups is counted in both),
-so the whole pruned model is timed again at the end.
+model's). The estimate adds per-group savings (a layer shared by two groups is counted in both)
+and leaves out normalisation, activations and additions, so :func:`fit_latency` (what
+``prunekit.structured.prune(..., target_latency=...)`` uses) closes the loop: it bisects the
+table's target until the *measured* latency of the whole pruned model meets the goal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,9 +34,20 @@ from prunekit.structured.graph import build_graph
 from prunekit.structured.groups import ChannelGroup, find_groups
 from prunekit.structured.shrink import keep_indices, shrink
 
-__all__ = ["LatencyPlan", "latency_table", "allocate_by_latency", "prune_for_latency"]
+__all__ = [
+    "LatencyFit",
+    "LatencyPlan",
+    "allocate_by_latency",
+    "fit_latency",
+    "latency_table",
+    "median_seconds",
+    "paired_seconds",
+    "prune_for_latency",
+]
 
-LayerTimer = Callable[[nn.Module, Tensor], float]
+# ``timer(module, inputs) -> seconds``: ``inputs`` is a tensor for one layer, or the example
+# inputs (tensor, tuple or dict) for a whole model.
+LayerTimer = Callable[[nn.Module, Any], float]
 _TIMED = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
@@ -44,17 +59,27 @@ def _call(model: nn.Module, inputs: Any) -> Any:
     return model(inputs)
 
 
-def median_seconds(module: nn.Module, x: Tensor, repeats: int = 7, warmup: int = 2) -> float:
-    """Median seconds of ``module(x)`` without grad after ``warmup`` calls."""
+def _cuda_devices(inputs: Any) -> set[torch.device]:
+    values = inputs.values() if isinstance(inputs, dict) else inputs
+    values = values if isinstance(values, (tuple, list)) or isinstance(inputs, dict) else [values]
+    return {v.device for v in values if isinstance(v, Tensor) and v.is_cuda}
+
+
+def median_seconds(module: nn.Module, inputs: Any, repeats: int = 7, warmup: int = 2) -> float:
+    """Median seconds of ``module(inputs)`` without grad after ``warmup`` calls.
+
+    ``inputs`` is a tensor, a tuple of positional inputs or a dict of keyword inputs; CUDA work
+    is synchronised before the clock stops."""
+    devices = _cuda_devices(inputs)
     times = []
     with torch.no_grad():
         for i in range(warmup + repeats):
-            if x.is_cuda:
-                torch.cuda.synchronize(x.device)
+            for d in devices:
+                torch.cuda.synchronize(d)
             start = time.perf_counter()
-            module(x)
-            if x.is_cuda:
-                torch.cuda.synchronize(x.device)
+            _call(module, inputs)
+            for d in devices:
+                torch.cuda.synchronize(d)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     return statistics.median(times)
@@ -116,6 +141,11 @@ def _candidates(size: int, levels: int) -> list[int]:
     return sorted(w for w in widths if 1 <= w <= size)
 
 
+def _quick_seconds(module: nn.Module, x: Tensor) -> float:
+    """One round of the table's default clock: median of 3 calls after 1 warm-up call."""
+    return median_seconds(module, x, repeats=3, warmup=1)
+
+
 def latency_table(
     model: nn.Module,
     example_inputs: Any,
@@ -123,14 +153,20 @@ def latency_table(
     *,
     levels: int = 16,
     timer: LayerTimer | None = None,
+    rounds: int = 3,
 ) -> dict[int, dict[int, float]]:
     """``{group index: {kept components: seconds}}`` for every prunable group.
 
-    The time of a group at a width is the sum over its Conv1d / Conv2d / Linear members (output or input
-    channels) of that layer alone at that width, on the input shape it sees in
-    ``example_inputs``. ``timer(layer, x) -> seconds`` replaces the clock.
+    The time of a group at a width is the sum over its Conv1d / Conv2d / Linear members (output or
+    input channels) of that layer alone at that width, on the input shape it sees in
+    ``example_inputs``. The widths of a group are timed in ``rounds`` interleaved passes and the
+    median kept, so that a burst of load on a shared machine slows all widths alike instead of
+    making one look slow. ``timer(layer, x) -> seconds`` replaces the clock (default: median of
+    3 calls after a warm-up call, per round).
     """
-    timer = timer or median_seconds
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds: expected a positive int, got {rounds!r}")
+    timer = timer or _quick_seconds
     shapes = _layer_inputs(model, example_inputs)
     modules = dict(model.named_modules())
     table: dict[int, dict[int, float]] = {}
@@ -146,9 +182,11 @@ def latency_table(
             if isinstance(module, _TIMED):
                 per = int(group.member_index((name, axis)).shape[1])
                 members.append((module, axis, per, shapes[owner]))
-        row: dict[int, float] = {}
+        # The layers of every width, built once and timed round-robin.
+        cases: dict[int, list[tuple[nn.Module, Tensor]]] = {}
+        inputs: dict[tuple, Tensor] = {}  # one random input per shape
         for width in _candidates(group.size, levels):
-            total = 0.0
+            cases[width] = []
             for module, axis, per, shape in members:
                 layer = _resized(module, axis, width * per)
                 x_shape = list(shape)
@@ -157,10 +195,15 @@ def latency_table(
                 else:
                     x_shape[-1] = layer.in_features
                 dtype = module.weight.dtype
-                x = torch.randn(x_shape, device=module.weight.device, dtype=dtype)
-                total += timer(layer.to(dtype).eval(), x)
-            row[width] = total
-        table[gi] = row
+                key = (tuple(x_shape), dtype, module.weight.device)
+                if key not in inputs:
+                    inputs[key] = torch.randn(x_shape, device=module.weight.device, dtype=dtype)
+                cases[width].append((layer.to(dtype).eval(), inputs[key]))
+        times: dict[int, list[float]] = {w: [] for w in cases}
+        for _ in range(rounds):
+            for width, layers in cases.items():
+                times[width].append(sum(float(timer(layer, x)) for layer, x in layers))
+        table[gi] = {w: statistics.median(ts) for w, ts in times.items()}
     return table
 
 
@@ -271,3 +314,153 @@ def prune_for_latency(
         for gi in table
     }
     return model, LatencyPlan(widths, after / before if before else 1.0, table)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)`` (unchanged when ``None``)."""
+    if threads is None:
+        yield
+        return
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"latency_threads: expected a positive int, got {threads!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def rounded_table(
+    table: dict[int, dict[int, float]], groups: list[ChannelGroup], round_to: int | None
+) -> dict[int, dict[int, float]]:
+    """The table without widths whose channel count is not a multiple of ``round_to``."""
+    if not round_to or round_to <= 1:
+        return table
+    return {
+        gi: {
+            w: t
+            for w, t in row.items()
+            if w == groups[gi].size or (w * groups[gi].unit) % round_to == 0
+        }
+        for gi, row in table.items()
+    }
+
+
+def paired_seconds(
+    dense: nn.Module,
+    pruned: nn.Module,
+    inputs: Any,
+    timer: LayerTimer | None = None,
+    repeats: int = 7,
+) -> tuple[float, float]:
+    """Seconds per call of ``dense`` and ``pruned`` on ``inputs``, measured side by side.
+
+    Without ``timer`` the calls alternate (2 warm-up rounds, median of ``repeats``), so that
+    load from other processes slows both alike and their ratio stays meaningful on a busy
+    machine; with ``timer`` it is ``timer(dense, inputs), timer(pruned, inputs)``."""
+    if timer is not None:
+        pair = float(timer(dense, inputs)), float(timer(pruned, inputs))
+    else:
+        devices = _cuda_devices(inputs)
+        times: tuple[list[float], list[float]] = ([], [])
+        with torch.no_grad():
+            for i in range(2 + repeats):
+                for slot, module in enumerate((dense, pruned)):
+                    for d in devices:
+                        torch.cuda.synchronize(d)
+                    start = time.perf_counter()
+                    _call(module, inputs)
+                    for d in devices:
+                        torch.cuda.synchronize(d)
+                    if i >= 2:
+                        times[slot].append(time.perf_counter() - start)
+        pair = statistics.median(times[0]), statistics.median(times[1])
+    if not all(math.isfinite(t) and t > 0 for t in pair):
+        raise ValueError(f"timer: expected positive numbers of seconds, got {pair!r}")
+    return pair
+
+
+@dataclass
+class LatencyFit:
+    """What :func:`fit_latency` chose and measured."""
+
+    pruned: dict[int, Tensor]  # group index -> positions removed
+    dense_seconds: float  # whole model, measured beside the chosen pruned model
+    pruned_seconds: float  # whole pruned model, measured
+    reached: bool  # pruned_seconds <= target * dense_seconds
+    trials: int  # pruned models built and timed
+
+
+def fit_latency(
+    model: nn.Module,
+    groups: list[ChannelGroup],
+    scores: dict[int, Tensor],
+    sizes: dict[tuple[str, int], int],
+    inputs: Any,
+    target_latency: float,
+    *,
+    timer: LayerTimer | None = None,
+    min_channels: int | float = 1,
+    round_to: int | None = None,
+    levels: int = 8,
+    steps: int = 8,
+    table: dict[int, dict[int, float]] | None = None,
+    adjust: Callable[[dict[int, Tensor]], dict[int, Tensor]] | None = None,
+) -> LatencyFit:
+    """Positions to prune so the whole model measures at most ``target_latency`` times the
+    dense model's latency on ``inputs`` (their batch size, the model's device).
+
+    The latency table (:func:`latency_table`, on ``inputs``) drives
+    :func:`allocate_by_latency`; its target is bisected (``steps`` trials) so that each trial's
+    pruned copy of ``model``, timed whole beside the dense model (:func:`paired_seconds`, which
+    uses ``timer(model, inputs)`` when given), meets the goal while keeping as many channels as
+    possible. ``adjust(pruned) -> pruned`` post-processes every
+    allocation (e.g. equal widths per layer). When even the deepest allocation the floors allow
+    misses the goal, that allocation is returned with ``reached=False``. ``model`` is not changed.
+    """
+    if isinstance(target_latency, bool) or not isinstance(target_latency, (int, float)):
+        raise TypeError(f"target_latency: expected a float, got {type(target_latency).__name__}")
+    if not 0.0 < target_latency < 1.0:
+        raise ValueError(
+            "target_latency: expected a fraction of the dense model's measured latency in (0, 1), "
+            f"got {target_latency!r}"
+        )
+    was = model.training
+    model.eval()
+    try:
+        if table is None:
+            table = latency_table(model, inputs, groups, levels=levels, timer=timer)
+        table = rounded_table(table, groups, round_to)
+        # (dense seconds, pruned seconds, pruned positions) per set of widths
+        seen: dict[tuple, tuple[float, float, dict[int, Tensor]]] = {}
+
+        def trial(estimate: float) -> tuple[float, float, dict[int, Tensor]]:
+            pruned = allocate_by_latency(groups, scores, table, estimate, min_channels=min_channels)
+            if adjust is not None:
+                pruned = adjust(pruned)
+            key = tuple(sorted((gi, len(p)) for gi, p in pruned.items()))
+            if key not in seen:  # the same widths need no second measurement
+                clone = copy.deepcopy(model)
+                shrink(clone, keep_indices(groups, pruned, sizes))
+                seen[key] = (*paired_seconds(model, clone.eval(), inputs, timer), pruned)
+            return seen[key]
+
+        best: tuple[float, float, float, dict[int, Tensor]] | None = None
+        low, high, estimate = 0.0, 1.0, target_latency
+        for _ in range(steps):
+            dense, seconds, pruned = trial(estimate)
+            if seconds <= target_latency * dense:
+                if best is None or estimate > best[0]:
+                    best = (estimate, dense, seconds, pruned)
+                low = estimate
+            else:
+                high = estimate
+            estimate = (low + high) / 2
+        if best is None:  # as deep as the floors allow
+            best = (1e-9, *trial(1e-9))
+        _, dense, seconds, pruned = best
+        return LatencyFit(pruned, dense, seconds, seconds <= target_latency * dense, len(seen))
+    finally:
+        model.train(was)

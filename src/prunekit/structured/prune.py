@@ -19,6 +19,7 @@ from prunekit.structured.allocation import _min_keep, allocate
 from prunekit.structured.criteria import group_importance
 from prunekit.structured.graph import DependencyGraph, _call, build_graph
 from prunekit.structured.groups import ChannelGroup, find_groups
+from prunekit.structured.latency import LayerTimer, fit_latency, torch_threads
 from prunekit.structured.shrink import keep_indices, shrink
 
 __all__ = ["GroupChange", "StructuredPlan", "StructuredPruningWarning", "plan_pruning", "prune"]
@@ -109,6 +110,16 @@ class StructuredPlan:
     params_after: int
     changes: list[GroupChange] = field(default_factory=list)
     modules: list[str] = field(default_factory=list)
+    # Measured seconds per call on the latency inputs (only with ``target_latency``).
+    latency_before: float | None = None
+    latency_after: float | None = None
+
+    @property
+    def latency_ratio(self) -> float | None:
+        """Measured latency after / before (``None`` unless pruned with ``target_latency``)."""
+        if self.latency_before is None or self.latency_after is None:
+            return None
+        return self.latency_after / self.latency_before
 
     @property
     def macs_ratio(self) -> float:
@@ -129,6 +140,11 @@ class StructuredPlan:
             f"MACs {self.macs_before:,} -> {self.macs_after:,} ({self.macs_ratio:.2f}x); "
             f"params {self.params_before:,} -> {self.params_after:,} ({self.params_ratio:.2f}x)"
         )
+        if self.latency_ratio is not None:
+            lines.append(
+                f"measured latency {self.latency_before * 1e3:.3f} ms -> "
+                f"{self.latency_after * 1e3:.3f} ms ({self.latency_ratio:.2f} of dense)"
+            )
         return "\n".join(lines)
 
 
@@ -231,6 +247,10 @@ def prune(
     ignore: Iterable[nn.Module | str] = (),
     target_macs: float | None = None,
     target_params: float | None = None,
+    target_latency: float | None = None,
+    latency_inputs: Any = None,
+    latency_timer: LayerTimer | None = None,
+    latency_threads: int | None = None,
     iterative_steps: int = 1,
     loss_fn: Callable[[nn.Module], Tensor] | None = None,
     seed: int = 0,
@@ -259,6 +279,19 @@ def prune(
         ignore: modules (or their names) whose channels must not change.
         target_macs / target_params: prune until MACs (parameters) are at most this fraction
             of the original; the per-step ratio is found by bisection and ``ratio`` is ignored.
+        target_latency: prune until the *measured* latency is at most this fraction (in (0, 1))
+            of the dense model's, on ``latency_inputs`` at their batch size, on the device where
+            the model and those inputs live. Widths come from a measured per-layer latency table
+            (channels removed by importance per millisecond saved, only to widths that the table
+            shows as faster; see :mod:`prunekit.structured.latency`), and the whole pruned model
+            is timed to check the goal. ``ratio`` and ``mode`` are ignored; ``round_to`` limits
+            the widths tried. The plan records both measured latencies.
+        latency_inputs: the inputs to time (default ``example_inputs``); give the batch you
+            will deploy with, e.g. ``torch.randn(128, 3, 32, 32)``.
+        latency_timer: ``timer(module, inputs) -> seconds`` replacing the clock, called on single
+            layers (``inputs`` a tensor) and on whole models (``inputs`` as given); default: the
+            median of 7 calls after 2 warm-up calls, without grad.
+        latency_threads: torch CPU threads while timing (default: the current setting).
         iterative_steps: reach the target in this many trace-score-shrink rounds.
         loss_fn: ``loss_fn(model) -> loss`` used to compute gradients for ``taylor``.
         seed: seed of the ``random`` criterion.
@@ -277,8 +310,26 @@ def prune(
     for arg, val in (("target_macs", target_macs), ("target_params", target_params)):
         if val is not None and not 0.0 < val <= 1.0:
             raise ValueError(f"{arg}: expected a fraction in (0, 1], got {val!r}")
-    if target_macs is not None and target_params is not None:
-        raise ValueError("target_macs / target_params: give at most one resource target")
+    if target_latency is not None:
+        if isinstance(target_latency, bool) or not isinstance(target_latency, (int, float)):
+            raise TypeError(
+                f"target_latency: expected a float, got {type(target_latency).__name__}"
+            )
+        if not 0.0 < target_latency < 1.0:
+            raise ValueError(
+                "target_latency: expected a fraction of the dense model's measured latency in "
+                f"(0, 1), got {target_latency!r}"
+            )
+        if iterative_steps != 1:
+            raise ValueError("target_latency: works in one step; leave iterative_steps at 1")
+    elif latency_inputs is not None or latency_timer is not None or latency_threads is not None:
+        raise ValueError(
+            "latency_inputs / latency_timer / latency_threads: only used with target_latency"
+        )
+    if sum(t is not None for t in (target_macs, target_params, target_latency)) > 1:
+        raise ValueError(
+            "target_macs / target_params / target_latency: give at most one resource target"
+        )
     ignore = list(ignore)
     if not inplace:
         # ignore may hold modules of the original: name them before copying.
@@ -291,6 +342,7 @@ def prune(
     current: dict[str, tuple[int, int, list[str]]] = {}
     touched: set[str] = set()
     kwargs = dict(mode=mode, min_channels=min_channels, round_to=round_to)
+    latency: tuple[float, float] | None = None
 
     def measure(m: nn.Module) -> int:
         return count_macs(m, example_inputs) if target_macs is not None else count_params(m)
@@ -308,7 +360,22 @@ def prune(
                 original.setdefault(g.name, g.size)
         scores = _scores(model, groups, criterion, reduction, normalizer, seed)
         sizes = _sizes(model, graph)
-        if target_macs is not None or target_params is not None:
+        if target_latency is not None:
+            fit = _fit_latency(
+                model,
+                groups,
+                scores,
+                sizes,
+                latency_inputs if latency_inputs is not None else example_inputs,
+                target_latency,
+                timer=latency_timer,
+                threads=latency_threads,
+                min_channels=min_channels,
+                round_to=round_to,
+                uniform_layers=uniform_layers,
+            )
+            pruned, latency = fit.pruned, (fit.dense_seconds, fit.pruned_seconds)
+        elif target_macs is not None or target_params is not None:
             target = target_macs if target_macs is not None else target_params
             base = macs0 if target_macs is not None else params0
             goal = base * (1 - (1 - target) * step / iterative_steps)
@@ -320,7 +387,7 @@ def prune(
             pruned = allocate(groups, scores, step_ratio, **kwargs)
         if uniform_layers:
             pruned = _same_width_per_layer(groups, scores, pruned)
-        targeted = target_macs is not None or target_params is not None
+        targeted = any(t is not None for t in (target_macs, target_params, target_latency))
         _warn_shortfall(
             groups,
             pruned,
@@ -348,15 +415,52 @@ def prune(
     ]
     plan = StructuredPlan(
         criterion=criterion,
-        ratio=None if isinstance(ratio, dict) or target_macs or target_params else float(ratio),
+        ratio=None
+        if isinstance(ratio, dict) or target_macs or target_params or target_latency
+        else float(ratio),
         macs_before=macs0,
         macs_after=count_macs(model, example_inputs),
         params_before=params0,
         params_after=count_params(model),
         changes=changes,
         modules=sorted(touched),
+        latency_before=latency[0] if latency else None,
+        latency_after=latency[1] if latency else None,
     )
     return model, plan
+
+
+def _fit_latency(
+    model, groups, scores, sizes, inputs, target, *, timer, threads, min_channels, round_to,
+    uniform_layers,
+):  # fmt: skip
+    """Latency-aware allocation for :func:`prune`; warns when the target is out of reach."""
+
+    def adjust(pruned: dict[int, Tensor]) -> dict[int, Tensor]:
+        return _same_width_per_layer(groups, scores, pruned) if uniform_layers else pruned
+
+    with torch_threads(threads):
+        fit = fit_latency(
+            model,
+            groups,
+            scores,
+            sizes,
+            inputs,
+            target,
+            timer=timer,
+            min_channels=min_channels,
+            round_to=round_to,
+            adjust=adjust,
+        )
+    if not fit.reached:
+        warnings.warn(
+            f"target_latency={target!r} not reached: the deepest pruning allowed measures "
+            f"{fit.pruned_seconds / fit.dense_seconds:.3f} of the dense latency "
+            f"(min_channels={min_channels!r}, round_to={round_to!r})",
+            StructuredPruningWarning,
+            stacklevel=3,
+        )
+    return fit
 
 
 def _layer_pattern(name: str) -> str:
