@@ -1,6 +1,6 @@
-"""What the recipes that are one training run from the initialisation share (RigL, GraNet,
-pruning at initialisation): their ``phase_1`` stage, the Python API's in-memory context with an
-optional Trainer checkpoint directory, and the one-phase result."""
+"""What the recipes that are one training run from the initialisation share (GMP, RigL, GraNet,
+pruning at initialisation): their ``phase_1`` stage, the training run and its record, and the
+Python API's in-memory run with an optional Trainer checkpoint directory."""
 
 from __future__ import annotations
 
@@ -13,10 +13,18 @@ from torch import nn
 
 from prunekit.data.base import DatasetBundle
 from prunekit.recipes.context import RunContext
-from prunekit.recipes.executor import Stage, execute
-from prunekit.recipes.spec import ExperimentResult, PhaseResult, PruneSpec, TrainSpec
+from prunekit.recipes.executor import Stage
+from prunekit.recipes.registry import run_recipe
+from prunekit.recipes.spec import PruneSpec, TrainSpec
+from prunekit.training.trainer import Callback, Trainer
 
-__all__ = ["one_phase_result", "phase_stage", "run_in_memory", "trainer_checkpoint"]
+__all__ = [
+    "during_training_record",
+    "fit_from_init",
+    "phase_stage",
+    "run_in_memory",
+    "trainer_checkpoint",
+]
 
 _CHECKPOINT_DIR = "checkpoint_dir"  # ctx.memory key: the API caller's checkpoint directory
 
@@ -27,6 +35,29 @@ def trainer_checkpoint(ctx: RunContext, directory: Path | None) -> Path | None:
     if directory is not None:
         return directory / "ckpt"
     return ctx.memory.get(_CHECKPOINT_DIR)
+
+
+def fit_from_init(ctx: RunContext, directory: Path | None, callback: Callback) -> Trainer:
+    """Train ``ctx.model`` over the dense run's schedule with ``callback`` pruning during it
+    (checkpoints in :func:`trainer_checkpoint`); returns the Trainer."""
+    ckpt = trainer_checkpoint(ctx, directory)
+    return ctx.fit(ctx.original, ctx.original.total, None, ctx.train.seed, ckpt, [callback])
+
+
+def during_training_record(ctx: RunContext) -> dict[str, Any]:
+    """The phase record of a recipe that pruned to ``ctx.masks`` during its one training run
+    (the model's metrics are measured now)."""
+    final = ctx.metrics()
+    return {
+        "phase": 1,
+        "target_sparsity": ctx.prune.sparsity,
+        "sparsity": ctx.masks.sparsity if ctx.masks is not None else 0.0,
+        "retrain_schedule": "during_training",
+        "retrain_iterations": 0,
+        "lr0": ctx.original.lr_at(0),
+        "pruned": final,
+        "retrained": final,
+    }
 
 
 def _apply(ctx: RunContext, record: dict[str, Any]) -> None:
@@ -51,7 +82,7 @@ def phase_stage(
 
 
 def run_in_memory(
-    stages: Callable[[RunContext], list[Stage]],
+    name: str,
     model: nn.Module,
     data: DatasetBundle,
     train: TrainSpec,
@@ -60,28 +91,10 @@ def run_in_memory(
     checkpoint_dir: str | Path | None,
     checkpoint_every: int | None,
 ) -> RunContext:
-    """Run ``stages(ctx)`` in memory; the Trainer checkpoints in ``checkpoint_dir`` (every
-    ``checkpoint_every`` steps, default ``train.checkpoint_every``) and resumes from it."""
+    """Run recipe ``name`` in memory (:func:`~prunekit.recipes.registry.run_recipe`); the
+    Trainer checkpoints in ``checkpoint_dir`` (every ``checkpoint_every`` steps, default
+    ``train.checkpoint_every``) and resumes from it."""
     if checkpoint_every is not None:
         train = dataclasses.replace(train, checkpoint_every=checkpoint_every)
     memory = {} if checkpoint_dir is None else {_CHECKPOINT_DIR: Path(checkpoint_dir)}
-    ctx = RunContext(model, data, train, prune, options=options, memory=memory)
-    return execute(stages(ctx), ctx)
-
-
-def one_phase_result(
-    recipe: str, ctx: RunContext, config: dict[str, Any], retrain_iterations: int
-) -> ExperimentResult:
-    """The API result of a one-stage run: its phase, final metrics, masks and details."""
-    phase = PhaseResult(**ctx.phases[0])
-    return ExperimentResult(
-        recipe,
-        {},
-        [phase],
-        phase.retrained,
-        ctx.dense_iterations,
-        retrain_iterations,
-        config,
-        ctx.masks,
-        details=ctx.extra["details"],
-    )
+    return run_recipe(name, model, data, train, prune, options, memory=memory)

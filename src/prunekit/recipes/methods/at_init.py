@@ -22,12 +22,7 @@ from prunekit.data.base import DatasetBundle, TensorData
 from prunekit.recipes.context import RunContext
 from prunekit.recipes.executor import Stage
 from prunekit.recipes.registry import Recipe, register_recipe
-from prunekit.recipes.single_run import (
-    one_phase_result,
-    phase_stage,
-    run_in_memory,
-    trainer_checkpoint,
-)
+from prunekit.recipes.single_run import phase_stage, run_in_memory, trainer_checkpoint
 from prunekit.recipes.spec import ExperimentResult, PruneSpec, TrainSpec, spec_dict
 
 __all__ = ["AtInitOptions", "ShuffledBatches", "at_init"]
@@ -165,7 +160,7 @@ def at_init(
     )
     options = AtInitOptions(num_batches, criterion_batch_size)
     ctx = run_in_memory(
-        _stages, model, data, train, prune, options, checkpoint_dir, checkpoint_every
+        "at_init", model, data, train, prune, options, checkpoint_dir, checkpoint_every
     )
     config = spec_dict(
         train=train,
@@ -176,4 +171,4 @@ def at_init(
         criterion_batch_size=criterion_batch_size,
         criterion_options={k: v for k, v in _criterion_options(ctx).items() if _plain(v)},
     )
-    return one_phase_result(f"at_init_{method}", ctx, config, ctx.phases[0]["retrain_iterations"])
+    return ctx.result(f"at_init_{method}", config)

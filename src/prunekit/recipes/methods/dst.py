@@ -22,10 +22,10 @@ from prunekit.recipes.context import RunContext
 from prunekit.recipes.executor import Stage
 from prunekit.recipes.registry import Recipe, register_recipe
 from prunekit.recipes.single_run import (
-    one_phase_result,
+    during_training_record,
+    fit_from_init,
     phase_stage,
     run_in_memory,
-    trainer_checkpoint,
 )
 from prunekit.recipes.spec import ExperimentResult, PruneSpec, TrainSpec, spec_dict
 from prunekit.training.dst import DSTCallback, GraNetCallback, RigLCallback
@@ -76,28 +76,16 @@ def _callback(name: str, ctx: RunContext) -> DSTCallback:
 def _train_stage(name: str) -> Stage:
     def run(ctx: RunContext, directory: Path | None) -> dict[str, Any]:
         callback = _callback(name, ctx)
-        total = ctx.original.total
-        ctx.log(f"{name}: training {total} iterations at sparsity {ctx.prune.sparsity}")
-        ckpt = trainer_checkpoint(ctx, directory)
-        trainer = ctx.fit(ctx.original, total, None, ctx.train.seed, ckpt, callbacks=[callback])
+        ctx.log(f"{name}: training {ctx.original.total} iterations at {ctx.prune.sparsity}")
+        trainer = fit_from_init(ctx, directory, callback)
         ctx.masks = callback.masks.clone()
         trainer.set_masks(None)
-        final = ctx.metrics()
         assert callback.dst is not None
-        return {
-            "phase": 1,
-            "target_sparsity": ctx.prune.sparsity,
-            "sparsity": ctx.masks.sparsity,
-            "retrain_schedule": "during_training",
-            "retrain_iterations": 0,
-            "lr0": ctx.original.lr_at(0),
-            "pruned": final,
-            "retrained": final,
-            "details": {
-                "updates": list(callback.dst.history),
-                "layer_sparsity": ctx.masks.layer_sparsity(),
-            },
+        details = {
+            "updates": list(callback.dst.history),
+            "layer_sparsity": ctx.masks.layer_sparsity(),
         }
+        return {**during_training_record(ctx), "details": details}
 
     return phase_stage(run, _after)
 
@@ -142,28 +130,11 @@ for _name, _doc in (
 
 
 # ---------------------------------------------------------------------- the Python API
-def _run(
-    name: str,
-    model: nn.Module,
-    data: DatasetBundle,
-    train: TrainSpec,
-    prune: PruneSpec,
-    options: Any,
-    checkpoint_dir: str | Path | None,
-    checkpoint_every: int | None,
-) -> ExperimentResult:
-    """Run recipe ``name``'s stages in memory (Trainer checkpoints in ``checkpoint_dir``)."""
-    stages = _stages_of(name)
-    ctx = run_in_memory(
-        stages, model, data, train, prune, options, checkpoint_dir, checkpoint_every
-    )
-    config = spec_dict(
-        train=train,
-        sparsity=prune.sparsity,
-        allocation=prune.allocation,
-        **dataclasses.asdict(options),
-    )
-    return one_phase_result(name, ctx, config, 0)
+def _result(name: str, ctx: RunContext, train: TrainSpec) -> ExperimentResult:
+    p = ctx.prune
+    options = dataclasses.asdict(ctx.options)
+    config = spec_dict(train=train, sparsity=p.sparsity, allocation=p.allocation, **options)
+    return ctx.result(name, config)
 
 
 def rigl(
@@ -191,7 +162,10 @@ def rigl(
     """
     prune = PruneSpec(sparsity=sparsity, allocation=allocation, targets=targets)
     options = RigLOptions(delta_t, alpha, t_end_fraction)
-    return _run("rigl", model, data, train, prune, options, checkpoint_dir, checkpoint_every)
+    ctx = run_in_memory(
+        "rigl", model, data, train, prune, options, checkpoint_dir, checkpoint_every
+    )
+    return _result("rigl", ctx, train)
 
 
 def granet(
@@ -223,4 +197,7 @@ def granet(
         initial_sparsity, delta_t, regrow_fraction, start_fraction, prune_end_fraction,
         t_end_fraction,
     )  # fmt: skip
-    return _run("granet", model, data, train, prune, options, checkpoint_dir, checkpoint_every)
+    ctx = run_in_memory(
+        "granet", model, data, train, prune, options, checkpoint_dir, checkpoint_every
+    )
+    return _result("granet", ctx, train)

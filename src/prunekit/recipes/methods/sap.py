@@ -23,10 +23,10 @@ from prunekit.core.targets import Targets, select_targets
 from prunekit.data.base import DatasetBundle
 from prunekit.recipes.context import RunContext
 from prunekit.recipes.dense import dense_stage
-from prunekit.recipes.executor import Stage, execute
+from prunekit.recipes.executor import Stage
 from prunekit.recipes.methods.prune_retrain import retrain_lr
-from prunekit.recipes.registry import Recipe, register_recipe
-from prunekit.recipes.spec import ExperimentResult, PhaseResult, PruneSpec, TrainSpec, spec_dict
+from prunekit.recipes.registry import Recipe, register_recipe, run_recipe
+from prunekit.recipes.spec import ExperimentResult, PruneSpec, TrainSpec, spec_dict
 
 __all__ = ["SAPOptions", "sap"]
 
@@ -197,32 +197,21 @@ def sap(
     the trained dense model's.
     """
     options = SAPOptions(rounds, scope, p, q, eta_r, gamma, beta)
-    ctx = RunContext(
+    ctx = run_recipe(
+        "sap",
         model,
         data,
         train,
         PruneSpec(targets=targets),
+        options,
         retrain_epochs=retrain_epochs,
         retrain_schedule=retrain_schedule,
-        options=options,
         pretrained=pretrained,
     )
-    execute(_stages(ctx), ctx)
-    phases = [PhaseResult(**ph) for ph in ctx.phases]
     config = spec_dict(
         train=train,
         **dataclasses.asdict(options),
         retrain_epochs=retrain_epochs,
         retrain_schedule=retrain_schedule,
     )
-    return ExperimentResult(
-        "sap",
-        ctx.dense["metrics"],
-        phases,
-        phases[-1].retrained,
-        ctx.dense_iterations,
-        sum(ph.retrain_iterations for ph in phases),
-        config,
-        ctx.masks,
-        details=ctx.extra["details"],
-    )
+    return ctx.result("sap", config)
