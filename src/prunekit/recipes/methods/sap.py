@@ -96,6 +96,7 @@ def _round_stage(r: int) -> Stage:
             ctx.fit(schedule, its, ctx.masks, ctx.train.seed + 1000 * r, ckpt)
         retrained = ctx.metrics()
         after = pq_index_report(ctx.model, ctx.masks, **pq)
+        lr0 = 0.0 if schedule is None else float(getattr(schedule, "eta0", schedule.lr_at(0)))
         sparsity = ctx.masks.sparsity
         record: dict[str, Any] = {
             "phase": {
@@ -104,9 +105,7 @@ def _round_stage(r: int) -> Stage:
                 "sparsity": sparsity,
                 "retrain_schedule": ctx.retrain_schedule,
                 "retrain_iterations": its,
-                "lr0": 0.0
-                if schedule is None
-                else float(getattr(schedule, "eta0", schedule.lr_at(0))),
+                "lr0": lr0,
                 "pruned": pruned,
                 "retrained": retrained,
             },
