@@ -196,21 +196,8 @@ def sap(
     the trained dense model's.
     """
     options = SAPOptions(rounds, scope, p, q, eta_r, gamma, beta)
-    ctx = run_recipe(
-        "sap",
-        model,
-        data,
-        train,
-        PruneSpec(targets=targets),
-        options,
-        retrain_epochs=retrain_epochs,
-        retrain_schedule=retrain_schedule,
-        pretrained=pretrained,
-    )
-    config = spec_dict(
-        train=train,
-        **dataclasses.asdict(options),
-        retrain_epochs=retrain_epochs,
-        retrain_schedule=retrain_schedule,
-    )
+    retrain = {"retrain_epochs": retrain_epochs, "retrain_schedule": retrain_schedule}
+    prune = PruneSpec(targets=targets)
+    ctx = run_recipe("sap", model, data, train, prune, options, pretrained=pretrained, **retrain)
+    config = spec_dict(train=train, **dataclasses.asdict(options), **retrain)
     return ctx.result("sap", config)
