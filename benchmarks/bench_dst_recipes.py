@@ -32,9 +32,11 @@ from prunekit.training import (  # noqa: E402
     Trainer,
     TrainSpec,
     make_optimizer,
+    run_at_init,
     run_gmp,
+    run_granet,
+    run_rigl,
 )
-from prunekit.training.dst_recipes import run_at_init, run_granet, run_rigl  # noqa: E402
 from prunekit.training.sparse_training import RigL  # noqa: E402
 
 

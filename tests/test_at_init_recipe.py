@@ -10,8 +10,8 @@ from torch import nn
 
 import prunekit
 from conftest import toy_bundle
-from prunekit.training import TrainSpec
-from prunekit.training.dst_recipes import ShuffledBatches, run_at_init
+from prunekit.recipes.methods.at_init import ShuffledBatches
+from prunekit.training import TrainSpec, run_at_init
 
 
 def _model() -> nn.Module:

@@ -7,6 +7,7 @@ import math
 import shutil
 
 import pytest
+import torch
 
 from prunekit.core.masks import MaskSet
 from prunekit.experiments.config import ConfigError, resolve
@@ -152,3 +153,34 @@ def test_sweep_runs_sparsity_free_schedules_once_per_seed(tmp_path):
     count = {m: sum(a.method == m for a in arms) for m in data["sweep"]["methods"]}
     assert count == {"lamp": 4, "sap": 2, "sfw": 4, "sfw_levels": 2}
     assert {a.seed for a in arms if a.method == "sap"} == {0, 1}
+
+
+def test_sap_resumes_at_a_round_boundary_and_matches_the_api(tmp_path):
+    from prunekit.experiments.runner import train_spec
+    from prunekit.recipes import sap
+
+    cfg = resolve(tiny(tmp_path, "sap", {"rounds": 2}))
+    result = run_experiment(cfg, quiet=True)
+    root = run_dir(cfg)
+    final = load_compressed(root / "final" / "model.compressed.safetensors")
+    assert sorted(p.name for p in root.glob("round_*")) == ["round_1", "round_2"]
+    assert not (root / "round_2" / "ckpt").exists()  # checkpoints removed once a round is done
+    # interrupted after round 1: round 1 is loaded back, round 2 runs again, same weights
+    (root / "result.json").unlink()
+    shutil.rmtree(root / "final")
+    shutil.rmtree(root / "round_2")
+    again = run_experiment(cfg, quiet=True)
+    assert again["phases"] == result["phases"] and again["details"] == result["details"]
+    resumed = load_compressed(root / "final" / "model.compressed.safetensors")
+    assert all(torch.equal(final[k], resumed[k]) for k in final)
+    # the Python API with the same settings runs the same stages in memory
+    data = build_data(cfg)
+    model = build_model(cfg, data)
+    api = sap(model, data, train_spec(cfg), rounds=2, retrain_epochs=0.5, retrain_schedule="llr")
+    api.masks.finalize(model)
+    assert all(torch.equal(final[k], v) for k, v in model.state_dict().items())
+    assert api.details == result["details"] and api.final == result["final"]
+    assert result["iterations"] == {
+        "dense": api.dense_iterations,
+        "retrain": api.retrain_iterations,
+    }

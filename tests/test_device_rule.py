@@ -382,8 +382,7 @@ def test_at_init_recipe_trains_on_the_default_device(dev, monkeypatch):
     """``device=None`` means CUDA when present: here the virtual device stands in for it."""
     from conftest import toy_bundle
     from prunekit.core import device as _device
-    from prunekit.training import TrainSpec
-    from prunekit.training.dst_recipes import run_at_init
+    from prunekit.training import TrainSpec, run_at_init
 
     monkeypatch.setattr(_device, "default_device", lambda: dev.device)
     with dev.mode():

@@ -10,9 +10,17 @@ import torch
 from torch import nn
 
 from prunekit.data import DatasetBundle, TensorData
-from prunekit.training import Callback, ConstantLR, Trainer, TrainSpec, make_optimizer
+from prunekit.training import (
+    Callback,
+    ConstantLR,
+    Trainer,
+    TrainSpec,
+    make_optimizer,
+    run_granet,
+    run_rigl,
+    run_sap,
+)
 from prunekit.training.dst import GraNetCallback, RigLCallback
-from prunekit.training.dst_recipes import run_granet, run_rigl, run_sap
 
 
 def _data(n: int = 96) -> TensorData:

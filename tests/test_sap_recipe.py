@@ -14,8 +14,7 @@ from prunekit.core.masks import MaskSet
 from prunekit.core.pqi import pq_index_report, sap_prune_count
 from prunekit.core.scores import ElementwiseScores
 from prunekit.core.selection import keep_masks_lowest_pruned
-from prunekit.training import PruneSpec, TrainSpec, run_imp
-from prunekit.training.dst_recipes import run_sap
+from prunekit.training import PruneSpec, TrainSpec, run_imp, run_sap
 
 
 def _model() -> nn.Module:

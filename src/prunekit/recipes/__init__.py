@@ -30,19 +30,24 @@ __all__ = [
     "PruneSpec",
     "Recipe",
     "TrainSpec",
+    "at_init",
     "bimp",
     "data_prune",
     "get_recipe",
     "gmp",
+    "granet",
     "imp",
     "list_recipes",
     "one_shot",
     "register_recipe",
+    "rigl",
+    "sap",
     "schedule_names",
 ]
 
 _API = {"one_shot": "prune_retrain", "imp": "prune_retrain", "bimp": "prune_retrain",
-        "gmp": "gmp", "data_prune": "data_prune"}  # fmt: skip
+        "gmp": "gmp", "data_prune": "data_prune",
+        "rigl": "dst", "granet": "dst", "at_init": "at_init", "sap": "sap"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from prunekit.recipes.methods.at_init import at_init as run_at_init
+from prunekit.recipes.methods.dst import granet as run_granet
+from prunekit.recipes.methods.dst import rigl as run_rigl
+from prunekit.recipes.methods.sap import sap as run_sap
 from prunekit.training.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.training.controls import (
     count_flops,
@@ -10,7 +14,6 @@ from prunekit.training.controls import (
     shuffle_masks,
 )
 from prunekit.training.dst import DSTCallback, GraNetCallback, RigLCallback
-from prunekit.training.dst_recipes import run_at_init, run_granet, run_rigl, run_sap
 from prunekit.training.lr import (
     ALLR,
     CLR,

@@ -18,6 +18,7 @@ from prunekit.data.base import DatasetBundle
 from prunekit.recipes.context import RunContext
 from prunekit.recipes.executor import Stage
 from prunekit.recipes.registry import Recipe, register_recipe, run_recipe
+from prunekit.recipes.single_run import during_training_record, fit_from_init
 from prunekit.recipes.spec import ExperimentResult, PruneSpec, TrainSpec, spec_dict
 from prunekit.training.trainer import Callback, Trainer
 
@@ -96,24 +97,12 @@ def _schedule(ctx: RunContext) -> GMP:
 def _train(ctx: RunContext, directory: Path | None) -> dict[str, Any]:
     schedule = _schedule(ctx)
     callback = GMPCallback(schedule, ctx.compute_masks, seed=ctx.train.seed)
-    total = ctx.original.total
-    ctx.log(f"gmp: training {total} iterations, pruning to {ctx.prune.sparsity}")
-    ckpt = None if directory is None else directory / "ckpt"
-    trainer = ctx.fit(ctx.original, total, None, ctx.train.seed, ckpt, callbacks=[callback])
+    ctx.log(f"gmp: training {ctx.original.total} iterations, pruning to {ctx.prune.sparsity}")
+    trainer = fit_from_init(ctx, directory, callback)
     ctx.masks = trainer.masks if trainer.masks is not None else MaskSet()
     trainer.set_masks(None)
-    final = ctx.metrics()
-    return {
-        "phase": 1,
-        "target_sparsity": ctx.prune.sparsity,
-        "sparsity": ctx.masks.sparsity,
-        "retrain_schedule": "during_training",
-        "retrain_iterations": 0,
-        "lr0": ctx.original.lr_at(0),
-        "pruned": final,
-        "retrained": final,
-        "trajectory": [list(step) for step in callback.trajectory],
-    }
+    trajectory = [list(step) for step in callback.trajectory]
+    return {**during_training_record(ctx), "trajectory": trajectory}
 
 
 def _apply(ctx: RunContext, record: dict[str, Any]) -> None:

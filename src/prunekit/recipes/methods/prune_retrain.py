@@ -31,7 +31,7 @@ from prunekit.recipes.spec import (
 )
 from prunekit.training.lr import LRW, LRSchedule, make_retrain_schedule
 
-__all__ = ["IMPOptions", "bimp", "imp", "one_shot", "pruning_norm_change"]
+__all__ = ["IMPOptions", "bimp", "imp", "one_shot", "pruning_norm_change", "retrain_lr"]
 
 
 @dataclass
@@ -115,6 +115,22 @@ def pruning_norm_change(
     return d, s
 
 
+def retrain_lr(
+    ctx: RunContext, name: str, iterations: int, before: MaskSet | None, after: MaskSet
+) -> LRSchedule:
+    """The retraining schedule ``name`` of ``iterations`` steps, derived from the dense run's.
+
+    ALLR reads the pruning step ``before`` -> ``after`` on ``ctx.model``, which must still hold
+    the weights from before that step (see :func:`pruning_norm_change`).
+    """
+    if name.lower() == "allr":
+        d, s = pruning_norm_change(ctx.model, before, after)
+        return make_retrain_schedule(
+            "allr", ctx.original, iterations, norm_change=d, pruned_fraction=max(s, 1e-12)
+        )
+    return make_retrain_schedule(name, ctx.original, iterations)
+
+
 def _schedule(
     ctx: RunContext, phase: _Phase, before: MaskSet | None, after: MaskSet
 ) -> LRSchedule | None:
@@ -122,12 +138,7 @@ def _schedule(
         return None
     if phase.schedule_name in ("rewind_weights", "lrw"):
         return LRW(ctx.original, phase.iterations)
-    if phase.schedule_name == "allr":
-        d, s = pruning_norm_change(ctx.model, before, after)
-        return make_retrain_schedule(
-            "allr", ctx.original, phase.iterations, norm_change=d, pruned_fraction=max(s, 1e-12)
-        )
-    return make_retrain_schedule(phase.schedule_name, ctx.original, phase.iterations)
+    return retrain_lr(ctx, phase.schedule_name, phase.iterations, before, after)
 
 
 def _pq_entry(ctx: RunContext, phase: int, metrics: dict[str, float]) -> dict[str, Any]:

@@ -1,9 +1,8 @@
-"""Sparse Model Soups, SAP and Stochastic Frank-Wolfe as run stages.
+"""Sparse Model Soups and Stochastic Frank-Wolfe as run stages.
 
 Each runs its whole recipe function (:mod:`prunekit.training`) in one stage, ``<run>/recipe``.
-Soups and SFW resume inside the recipe from that directory (ingredient files, Trainer
-checkpoints); SAP reruns its rounds when interrupted. Soups and SAP prune the shared dense
-model; SFW trains from the initialisation in its constraint set.
+Both resume inside the recipe from that directory (ingredient files, Trainer checkpoints).
+Soups prune the shared dense model; SFW trains from the initialisation in its constraint set.
 """
 
 from __future__ import annotations
@@ -48,13 +47,9 @@ def _fn(name: str) -> Any:
         from prunekit.training.soups_recipe import run_soups
 
         return run_soups
-    if name == "sfw":
-        from prunekit.training.sfw_recipe import run_sfw
+    from prunekit.training.sfw_recipe import run_sfw
 
-        return run_sfw
-    from prunekit.training.dst_recipes import run_sap
-
-    return run_sap
+    return run_sfw
 
 
 def _option_names(name: str):
@@ -85,19 +80,6 @@ def _run_soups(ctx: RunContext, sdir: Path | None) -> Any:
         pretrained=True,
         checkpoint_every=ctx.train.checkpoint_every,
         **options,
-    )
-
-
-def _run_sap(ctx: RunContext, sdir: Path | None) -> Any:
-    return _fn("sap")(
-        ctx.model,
-        ctx.data,
-        ctx.train,
-        targets=ctx.prune.targets,
-        retrain_epochs=ctx.retrain_epochs,
-        retrain_schedule=ctx.retrain_schedule,
-        pretrained=True,
-        **dict(ctx.options),
     )
 
 
@@ -165,7 +147,7 @@ def _sfw_levels(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-_CALLS = {"soups": _run_soups, "sap": _run_sap, "sfw": _sfw_call}
+_CALLS = {"soups": _run_soups, "sfw": _sfw_call}
 
 
 def _stage(name: str) -> Stage:
@@ -186,9 +168,6 @@ def _stage(name: str) -> Stage:
         else:
             masks = result.masks if result.masks is not None else MaskSet.from_model(ctx.model)
             ctx.masks = masks
-        if name == "sap":
-            # SAP picks its own sparsity: the report lists it where it landed (0.1 % steps)
-            extra["target_sparsity"] = round(ctx.masks.sparsity, 3)
         return {"phases": phases, "extra": extra}
 
     def apply(ctx: RunContext, record: dict[str, Any]) -> None:
@@ -228,16 +207,6 @@ register_recipe(
         _configure("soups"),
         _stages("soups"),
         option_names=_option_names("soups"),
-    )
-)
-register_recipe(
-    Recipe(
-        "sap",
-        "Sparsity-aware pruning rounds sized by the PQ Index.",
-        _configure("sap"),
-        _stages("sap"),
-        option_names=_option_names("sap"),
-        ignores_sparsity=lambda options: True,
     )
 )
 register_recipe(
