@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from prunekit.recipes.methods.soups import SoupPhase, TrainerRetrain, run_soups
 from prunekit.training.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.training.controls import (
     count_flops,
@@ -50,7 +51,6 @@ from prunekit.training.sfw_recipe import (
     make_sfw_optimizer,
     run_sfw,
 )
-from prunekit.training.soups_recipe import SoupPhase, TrainerRetrain, run_soups
 from prunekit.training.trainer import Callback, FitResult, Trainer, evaluate, make_optimizer
 
 __all__ = [

@@ -1,9 +1,9 @@
-"""Sparse Model Soups, SAP and Stochastic Frank-Wolfe as run stages.
+"""SAP and Stochastic Frank-Wolfe as run stages.
 
 Each runs its whole recipe function (:mod:`prunekit.training`) in one stage, ``<run>/recipe``.
-Soups and SFW resume inside the recipe from that directory (ingredient files, Trainer
-checkpoints); SAP reruns its rounds when interrupted. Soups and SAP prune the shared dense
-model; SFW trains from the initialisation in its constraint set.
+SFW resumes inside the recipe from that directory (Trainer checkpoints); SAP reruns its rounds
+when interrupted. SAP prunes the shared dense model; SFW trains from the initialisation in its
+constraint set.
 """
 
 from __future__ import annotations
@@ -40,14 +40,9 @@ _SET = {
     "pretrained",
     "out_dir",
 }
-_SET_EXTRA = {"soups": {"prune", "phases", "callbacks"}}  # fmt: skip
 
 
 def _fn(name: str) -> Any:
-    if name == "soups":
-        from prunekit.training.soups_recipe import run_soups
-
-        return run_soups
     if name == "sfw":
         from prunekit.training.sfw_recipe import run_sfw
 
@@ -59,8 +54,7 @@ def _fn(name: str) -> Any:
 
 def _option_names(name: str):
     def names() -> list[str]:
-        skip = _SET | _SET_EXTRA.get(name, set())
-        return [n for n in inspect.signature(_fn(name)).parameters if n not in skip]
+        return [n for n in inspect.signature(_fn(name)).parameters if n not in _SET]
 
     return names
 
@@ -68,24 +62,6 @@ def _option_names(name: str):
 def _retrain_epochs(ctx: RunContext) -> float:
     # null retraining length: the dense run's
     return ctx.train.epochs if ctx.retrain_epochs is None else ctx.retrain_epochs
-
-
-def _run_soups(ctx: RunContext, sdir: Path | None) -> Any:
-    options = dict(ctx.options)
-    phases = options.pop("phases")
-    return _fn("soups")(
-        ctx.model,
-        ctx.data,
-        ctx.train,
-        ctx.prune,
-        phases=phases,
-        retrain_epochs=_retrain_epochs(ctx),
-        retrain_schedule=ctx.retrain_schedule,
-        out_dir=sdir,
-        pretrained=True,
-        checkpoint_every=ctx.train.checkpoint_every,
-        **options,
-    )
 
 
 def _run_sap(ctx: RunContext, sdir: Path | None) -> Any:
@@ -165,7 +141,7 @@ def _sfw_levels(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-_CALLS = {"soups": _run_soups, "sap": _run_sap, "sfw": _sfw_call}
+_CALLS = {"sap": _run_sap, "sfw": _sfw_call}
 
 
 def _stage(name: str) -> Stage:
@@ -200,10 +176,7 @@ def _stage(name: str) -> Stage:
 
 def _configure(name: str):
     def configure(cfg: Any) -> dict[str, Any]:
-        options = dict(cfg.prune.options)
-        if name == "soups":
-            options["phases"] = cfg.prune.phases
-        return options
+        return dict(cfg.prune.options)
 
     return configure
 
@@ -221,15 +194,6 @@ def _sfw_ignores_sparsity(options: dict[str, Any]) -> bool:
     return "levels" in options or options.get("compress") == "low_rank"
 
 
-register_recipe(
-    Recipe(
-        "soups",
-        "Sparse Model Soups: average retrained copies of one pruned model per phase.",
-        _configure("soups"),
-        _stages("soups"),
-        option_names=_option_names("soups"),
-    )
-)
 register_recipe(
     Recipe(
         "sap",
