@@ -531,6 +531,13 @@ def run_soups(
     root = Path(out_dir) if out_dir is not None else None
     _execute(ctx, root)
     records = [SoupPhase(**p) for p in ctx.phases]
+    # the arguments as plain data (callbacks are objects; keeping checkpoints changes nothing)
+    skip = ("callbacks", "keep_checkpoints")
+    recorded = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    recorded = {k: v for k, v in recorded.items() if k not in skip}
+    recorded.update(phases=len(targets), sparsities=targets, pretrained=pretrained)
+    recorded.update(retrain_epochs=retrain_epochs, retrain_schedule=retrain_schedule)
+    config = spec_dict(train=train, prune=prune, **recorded)
     result = ExperimentResult(
         "soups",
         ctx.dense["metrics"],
@@ -538,22 +545,7 @@ def run_soups(
         records[-1].retrained,
         ctx.dense_iterations,
         sum(p.retrain_iterations for p in records),
-        spec_dict(
-            train=train,
-            prune=prune,
-            phases=len(targets),
-            m=m,
-            vary=vary,
-            values=options.values,
-            retrain_epochs=retrain_epochs,
-            retrain_schedule=retrain_schedule,
-            retrain_lr=retrain_lr,
-            sparsities=targets,
-            merge=merge,
-            workers=workers,
-            pretrained=pretrained,
-            bn_fraction=bn_fraction,
-        ),
+        config,
         ctx.masks,
     )
     if root is not None and (dist_info() if is_distributed() else (0, 1))[0] == 0:
