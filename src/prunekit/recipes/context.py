@@ -147,11 +147,16 @@ class RunContext:
         return self.iterations(self.retrain_epochs)
 
     def result(
-        self, recipe: str, config: dict[str, Any], details: dict[str, Any] | None = None
+        self,
+        recipe: str,
+        config: dict[str, Any],
+        details: dict[str, Any] | None = None,
+        phase_type: type[PhaseResult] = PhaseResult,
     ) -> ExperimentResult:
-        """The Python API's result: the phases the stages recorded, the final metrics (the
-        last phase's), the dense and retraining iterations and the final masks."""
-        phases = [PhaseResult(**p) for p in self.phases]
+        """The Python API's result: the phases the stages recorded (as ``phase_type``, a
+        :class:`PhaseResult` with the recipe's own fields), the final metrics (the last
+        phase's), the dense and retraining iterations and the final masks."""
+        phases = [phase_type(**p) for p in self.phases]
         return ExperimentResult(
             recipe,
             self.dense["metrics"],

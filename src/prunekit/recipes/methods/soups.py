@@ -34,9 +34,9 @@ from prunekit.core.serialization import make_dirs, write_json
 from prunekit.data.base import DatasetBundle, TensorData
 from prunekit.recipes.context import RunContext, make_trainer
 from prunekit.recipes.dense import dense_stage
-from prunekit.recipes.executor import Stage, execute
+from prunekit.recipes.executor import Stage
 from prunekit.recipes.methods.prune_retrain import pruning_norm_change
-from prunekit.recipes.registry import Recipe, register_recipe
+from prunekit.recipes.registry import Recipe, register_recipe, run_recipe
 from prunekit.recipes.spec import ExperimentResult, PhaseResult, PruneSpec, TrainSpec, spec_dict
 from prunekit.training.distributed import dist_info, is_distributed
 from prunekit.training.lr import (
@@ -53,7 +53,7 @@ from prunekit.training.soups import (
 )
 from prunekit.training.trainer import Callback, evaluate
 
-__all__ = ["SoupPhase", "SoupsOptions", "TrainerRetrain", "run_soups", "soups_stage"]
+__all__ = ["SoupPhase", "SoupsOptions", "TrainerRetrain", "run_soups", "soups", "soups_stage"]
 
 VARY = ("seed", "weight_decay", "length", "lr_schedule")
 MERGES = ("uniform", "greedy", "best")
@@ -426,16 +426,14 @@ register_recipe(
 
 
 # ---------------------------------------------------------------------- the Python API
-def _execute(ctx: RunContext, root: Path | None) -> None:
-    """The recipe's stages in memory, or keeping their files in ``root`` (``dense/`` for the
-    dense run's checkpoint, ``phase_<j>/`` for the soups) so that the same call resumes."""
-    if root is None:
-        execute(_stages(ctx), ctx)
-        return
+def _run_in(root: Path, ctx: RunContext) -> RunContext:
+    """The recipe's stages keeping their files in ``root`` (``dense/`` for the dense run's
+    checkpoint, ``phase_<j>/`` for the soups) so that the same call resumes."""
     for stage in _stages(ctx):
         directory = root / "dense" if stage.dense else root
         make_dirs(directory)
         stage.apply(ctx, stage.run(ctx, directory))
+    return ctx
 
 
 def run_soups(
@@ -517,20 +515,15 @@ def run_soups(
     )
     per_epoch = max(1, math.ceil(len(data.train) / train.batch_size))
     every = checkpoint_every or train.checkpoint_every or per_epoch
-    ctx = RunContext(
-        model,
-        data,
-        dataclasses.replace(train, checkpoint_every=every),
-        prune,
-        retrain_epochs=retrain_epochs,
-        retrain_schedule=retrain_schedule,
-        options=options,
-        pretrained=pretrained,
-    )
-    targets = _phase_targets(ctx)
+    spec = dataclasses.replace(train, checkpoint_every=every)
+    fields = {"retrain_epochs": retrain_epochs, "retrain_schedule": retrain_schedule}
+    fields["pretrained"] = pretrained
     root = Path(out_dir) if out_dir is not None else None
-    _execute(ctx, root)
-    records = [SoupPhase(**p) for p in ctx.phases]
+    if root is None:
+        ctx = run_recipe("soups", model, data, spec, prune, options, **fields)
+    else:
+        ctx = _run_in(root, RunContext(model, data, spec, prune, options=options, **fields))
+    targets = _phase_targets(ctx)
     # the arguments as plain data (callbacks are objects; keeping checkpoints changes nothing)
     skip = ("callbacks", "keep_checkpoints")
     recorded = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
@@ -538,16 +531,10 @@ def run_soups(
     recorded.update(phases=len(targets), sparsities=targets, pretrained=pretrained)
     recorded.update(retrain_epochs=retrain_epochs, retrain_schedule=retrain_schedule)
     config = spec_dict(train=train, prune=prune, **recorded)
-    result = ExperimentResult(
-        "soups",
-        ctx.dense["metrics"],
-        records,  # type: ignore[arg-type]
-        records[-1].retrained,
-        ctx.dense_iterations,
-        sum(p.retrain_iterations for p in records),
-        config,
-        ctx.masks,
-    )
+    result = ctx.result("soups", config, phase_type=SoupPhase)
     if root is not None and (dist_info() if is_distributed() else (0, 1))[0] == 0:
         write_json(result.to_dict(), root / "result.json")
     return result
+
+
+soups = run_soups  # prunekit.recipes.soups: the recipe's name
