@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import pickle
 
@@ -13,10 +14,10 @@ from torch import nn
 import prunekit
 from prunekit.core.masks import MaskSet
 from prunekit.data import DatasetBundle, TensorData, create_dataset
+from prunekit.recipes.methods.soups import TrainerRetrain, run_soups
 from prunekit.training import PruneSpec, TrainSpec
 from prunekit.training.recipes import original_schedule
 from prunekit.training.soups import check_masks
-from prunekit.training.soups_recipe import TrainerRetrain, run_soups
 from prunekit.training.trainer import Callback
 
 
@@ -203,3 +204,70 @@ def test_needs_a_validation_split(digits):
     )
     with pytest.raises(ValueError, match="validation"):
         run_soups(_model(), empty, TRAIN, PruneSpec(0.5), pretrained=True)
+
+
+def test_api_and_config_run_the_same_stages(tmp_path):
+    """``prunekit run`` with schedule soups and run_soups give bitwise-identical weights."""
+    import prunekit.recipes
+    from prunekit.experiments.config import resolve
+    from prunekit.experiments.runner import (
+        build_data,
+        build_model,
+        run_context,
+        run_dir,
+        run_experiment,
+    )
+    from prunekit.export import load_compressed
+
+    assert prunekit.recipes.soups is run_soups
+    options = {"m": 2, "merge": "greedy", "vary": "weight_decay"}
+    cfg = resolve(
+        {
+            "name": "tiny",
+            "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
+            "data": {"name": "digits"},
+            "train": {"epochs": 1, "batch_size": 64, "lr": 0.05, "threads": 1},
+            "prune": {"sparsity": 0.8, "schedule": "soups", "phases": 2, "options": options},
+            "retrain": {"epochs": 0.5, "schedule": "llr"},
+            "output": str(tmp_path / "out"),
+        }
+    )
+    cli = run_experiment(cfg, quiet=True)
+    saved = load_compressed(run_dir(cfg) / "final" / "model.compressed.safetensors")
+    data = build_data(cfg)
+    model = build_model(cfg, data)
+    ctx = run_context(cfg, model, data, lambda message: None, None)
+    api = run_soups(model, data, ctx.train, ctx.prune, phases=2, retrain_epochs=0.5, **options)
+    assert api.final == cli["final"]
+    assert [dataclasses.asdict(p) for p in api.phases] == cli["phases"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(saved[key], value), key
+
+
+def test_option_errors_come_before_any_training(digits):
+    from prunekit.recipes import get_recipe
+    from prunekit.recipes.context import RunContext
+    from prunekit.recipes.methods.soups import SoupsOptions
+
+    recipe = get_recipe("soups")
+    assert recipe.option_names() == [
+        "m",
+        "vary",
+        "values",
+        "retrain_lr",
+        "sparsities",
+        "merge",
+        "workers",
+        "bn_fraction",
+        "keep_checkpoints",
+    ]
+    ctx = RunContext(_model(), digits, TRAIN, PruneSpec(0.5), options=SoupsOptions(m=0))
+    with pytest.raises(ValueError, match="^m: expected a positive int"):
+        recipe.stages(ctx)
+    ctx.options = SoupsOptions(retrain_lr=-1.0)
+    with pytest.raises(ValueError, match="^retrain_lr: expected a positive number"):
+        recipe.stages(ctx)
+    stages = recipe.stages(
+        RunContext(_model(), digits, TRAIN, PruneSpec(0.5), options=SoupsOptions())
+    )
+    assert [s.name for s in stages] == ["dense", "recipe"]

@@ -43,10 +43,11 @@ __all__ = [
     "rigl",
     "sap",
     "schedule_names",
+    "soups",
 ]
 
 _API = {"one_shot": "prune_retrain", "imp": "prune_retrain", "bimp": "prune_retrain",
-        "gmp": "gmp", "data_prune": "data_prune",
+        "gmp": "gmp", "data_prune": "data_prune", "soups": "soups",
         "rigl": "dst", "granet": "dst", "at_init": "at_init", "sap": "sap"}  # fmt: skip
 
 

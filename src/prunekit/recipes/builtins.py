@@ -1,3 +1,3 @@
 """Importing this module registers every built-in recipe."""
 
-from prunekit.recipes.methods import at_init, data_prune, dst, gmp, prune_retrain, sap, whole  # noqa: F401
+from prunekit.recipes.methods import at_init, data_prune, dst, gmp, prune_retrain, sap, soups  # noqa: F401

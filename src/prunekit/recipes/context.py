@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +20,12 @@ from torch import nn
 
 from prunekit.core.masks import MaskSet
 from prunekit.core.prune import compute_masks
-from prunekit.data.base import DatasetBundle
+from prunekit.data.base import DatasetBundle, TensorData
 from prunekit.recipes.spec import ExperimentResult, PhaseResult, PruneSpec, TrainSpec
 from prunekit.training.lr import LRSchedule, make_lr_schedule
 from prunekit.training.trainer import Callback, Trainer, evaluate, make_optimizer
 
-__all__ = ["RunContext", "metrics_of"]
+__all__ = ["RunContext", "make_trainer", "metrics_of"]
 
 
 def metrics_of(model: nn.Module, data: DatasetBundle) -> dict[str, float]:
@@ -35,6 +35,50 @@ def metrics_of(model: nn.Module, data: DatasetBundle) -> dict[str, float]:
         out.update({f"val_{k}": v for k, v in evaluate(model, data.val, task=data.task).items()})
     out.update({f"test_{k}": v for k, v in evaluate(model, data.test, task=data.task).items()})
     return out
+
+
+def make_trainer(
+    model: nn.Module,
+    train_data: TensorData,
+    spec: TrainSpec,
+    schedule: LRSchedule,
+    iterations: int,
+    masks: MaskSet | None,
+    seed: int,
+    ckpt: Path | None,
+    *,
+    task: str = "classification",
+    augment: Any = None,
+    callbacks: Sequence[Callback] | None = None,
+    distributed: bool | None = None,
+) -> Trainer:
+    """A Trainer for ``iterations`` steps of ``schedule`` with ``spec``'s optimizer settings.
+
+    With ``ckpt`` it checkpoints there every ``spec.checkpoint_every`` iterations (and at the
+    end) and resumes from it. ``distributed=False`` keeps one process's run to itself inside a
+    multi-process job (e.g. one soup ingredient per rank).
+    """
+    optimizer = make_optimizer(
+        model, spec.optimizer, spec.lr, spec.momentum, spec.weight_decay, spec.nesterov
+    )
+    return Trainer(
+        model,
+        train_data,
+        optimizer=optimizer,
+        lr_schedule=schedule,
+        iterations=iterations,
+        batch_size=spec.batch_size,
+        masks=masks,
+        task=task,
+        augment=augment,
+        device=spec.device,
+        seed=seed,
+        callbacks=list(callbacks or []),
+        progress=spec.progress,
+        checkpoint_dir=ckpt,
+        checkpoint_every=spec.checkpoint_every if ckpt is not None else None,
+        distributed=distributed,
+    )
 
 
 def _no_log(message: str) -> None:
@@ -103,11 +147,16 @@ class RunContext:
         return self.iterations(self.retrain_epochs)
 
     def result(
-        self, recipe: str, config: dict[str, Any], details: dict[str, Any] | None = None
+        self,
+        recipe: str,
+        config: dict[str, Any],
+        details: dict[str, Any] | None = None,
+        phase_type: type[PhaseResult] = PhaseResult,
     ) -> ExperimentResult:
-        """The Python API's result: the phases the stages recorded, the final metrics (the
-        last phase's), the dense and retraining iterations and the final masks."""
-        phases = [PhaseResult(**p) for p in self.phases]
+        """The Python API's result: the phases the stages recorded (as ``phase_type``, a
+        :class:`PhaseResult` with the recipe's own fields), the final metrics (the last
+        phase's), the dense and retraining iterations and the final masks."""
+        phases = [phase_type(**p) for p in self.phases]
         return ExperimentResult(
             recipe,
             self.dense["metrics"],
@@ -169,25 +218,19 @@ class RunContext:
     ) -> Trainer:
         """Train ``model`` (default: the context's) for ``iterations`` steps of ``schedule``;
         with ``ckpt`` the Trainer checkpoints there and resumes from it."""
-        t = self.train
         model = self.model if model is None else model
-        optimizer = make_optimizer(model, t.optimizer, t.lr, t.momentum, t.weight_decay, t.nesterov)
-        trainer = Trainer(
+        trainer = make_trainer(
             model,
             self.data.train,
-            optimizer=optimizer,
-            lr_schedule=schedule,
-            iterations=iterations,
-            batch_size=t.batch_size,
-            masks=masks,
+            self.train,
+            schedule,
+            iterations,
+            masks,
+            seed,
+            ckpt,
             task=self.data.task,
             augment=self.data.augment,
-            device=t.device,
-            seed=seed,
-            callbacks=callbacks or [],
-            progress=t.progress,
-            checkpoint_dir=ckpt,
-            checkpoint_every=t.checkpoint_every if ckpt is not None else None,
+            callbacks=callbacks,
         )
         trainer.fit(resume=True)
         return trainer

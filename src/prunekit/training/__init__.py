@@ -6,6 +6,7 @@ from prunekit.recipes.methods.at_init import at_init as run_at_init
 from prunekit.recipes.methods.dst import granet as run_granet
 from prunekit.recipes.methods.dst import rigl as run_rigl
 from prunekit.recipes.methods.sap import sap as run_sap
+from prunekit.recipes.methods.soups import SoupPhase, TrainerRetrain, run_soups
 from prunekit.training.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.training.controls import (
     count_flops,
@@ -53,7 +54,6 @@ from prunekit.training.sfw_recipe import (
     make_sfw_optimizer,
     run_sfw,
 )
-from prunekit.training.soups_recipe import SoupPhase, TrainerRetrain, run_soups
 from prunekit.training.trainer import Callback, FitResult, Trainer, evaluate, make_optimizer
 
 __all__ = [
