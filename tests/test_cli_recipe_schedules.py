@@ -121,7 +121,8 @@ def test_sfw_reports_every_level(tmp_path):
     assert [r.accuracy for r in rows] == [p["pruned"]["test_top1"] for p in result["phases"]]
     # costs belong to the saved (last-level) model only
     assert rows[1].compression > 1.0 and math.isnan(rows[0].params)
-    assert not (root / "recipe" / "train").exists()  # the training checkpoint is removed
+    assert (root / "train" / "stage.json").is_file()
+    assert not (root / "train" / "ckpt").exists()  # the training checkpoint is removed
 
 
 def test_sap_final_round(tmp_path):

@@ -10,14 +10,16 @@ from torch import nn
 
 from conftest import toy_bundle
 from prunekit.frank_wolfe import SFW
-from prunekit.training import PruneSpec, Trainer, TrainSpec
-from prunekit.training.lr import CosineLR
-from prunekit.training.sfw_recipe import (
+from prunekit.training import (
     FrankWolfeCallback,
+    PruneSpec,
     SFWSpec,
+    Trainer,
+    TrainSpec,
     make_sfw_optimizer,
     run_sfw,
 )
+from prunekit.training.lr import CosineLR
 from prunekit.training.trainer import Callback
 
 DATA = toy_bundle(240, 16, 4)

@@ -166,12 +166,17 @@ class RunContext:
         ckpt: Path | None,
         callbacks: list[Callback] | None = None,
         model: nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
     ) -> Trainer:
         """Train ``model`` (default: the context's) for ``iterations`` steps of ``schedule``;
-        with ``ckpt`` the Trainer checkpoints there and resumes from it."""
+        with ``ckpt`` the Trainer checkpoints there and resumes from it. ``optimizer``: one
+        the recipe built over ``model`` (default: the train spec's)."""
         t = self.train
         model = self.model if model is None else model
-        optimizer = make_optimizer(model, t.optimizer, t.lr, t.momentum, t.weight_decay, t.nesterov)
+        if optimizer is None:
+            optimizer = make_optimizer(
+                model, t.optimizer, t.lr, t.momentum, t.weight_decay, t.nesterov
+            )
         trainer = Trainer(
             model,
             self.data.train,

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from prunekit.recipes.frank_wolfe import (
+    CompressionResult,
+    FrankWolfeCallback,
+    SFWSpec,
+    make_sfw_optimizer,
+)
+from prunekit.recipes.frank_wolfe import sfw as run_sfw
 from prunekit.training.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.training.controls import (
     count_flops,
@@ -42,13 +49,6 @@ from prunekit.training.recipes import (
     run_one_shot,
     run_scratch,
     run_sparse_training,
-)
-from prunekit.training.sfw_recipe import (
-    CompressionResult,
-    FrankWolfeCallback,
-    SFWSpec,
-    make_sfw_optimizer,
-    run_sfw,
 )
 from prunekit.training.soups_recipe import SoupPhase, TrainerRetrain, run_soups
 from prunekit.training.trainer import Callback, FitResult, Trainer, evaluate, make_optimizer

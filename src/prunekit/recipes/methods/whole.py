@@ -1,9 +1,8 @@
-"""Sparse Model Soups, SAP and Stochastic Frank-Wolfe as run stages.
+"""Sparse Model Soups and SAP as run stages.
 
 Each runs its whole recipe function (:mod:`prunekit.training`) in one stage, ``<run>/recipe``.
-Soups and SFW resume inside the recipe from that directory (ingredient files, Trainer
-checkpoints); SAP reruns its rounds when interrupted. Soups and SAP prune the shared dense
-model; SFW trains from the initialisation in its constraint set.
+Soups resumes inside the recipe from that directory (ingredient files, Trainer checkpoints);
+SAP reruns its rounds when interrupted. Both prune the shared dense model.
 """
 
 from __future__ import annotations
@@ -48,10 +47,6 @@ def _fn(name: str) -> Any:
         from prunekit.training.soups_recipe import run_soups
 
         return run_soups
-    if name == "sfw":
-        from prunekit.training.sfw_recipe import run_sfw
-
-        return run_sfw
     from prunekit.training.dst_recipes import run_sap
 
     return run_sap
@@ -101,71 +96,7 @@ def _run_sap(ctx: RunContext, sdir: Path | None) -> Any:
     )
 
 
-def _sfw_call(ctx: RunContext, sdir: Path | None) -> Any:
-    from prunekit.training.sfw_recipe import SFWSpec
-
-    options = dict(ctx.options)
-    fields = options.pop("sfw", {})
-    sfw = None if fields is None else SFWSpec(**fields, targets=ctx.prune.targets)
-    compress = options.get("compress", "magnitude")
-    if "levels" not in options and compress != "low_rank":
-        options["levels"] = [ctx.prune.sparsity]  # one level: the config's sparsity
-    return _fn("sfw")(
-        ctx.model,
-        ctx.data,
-        ctx.train,
-        sfw,
-        allocation=ctx.prune.allocation,
-        retrain_epochs=_retrain_epochs(ctx),
-        retrain_schedule=ctx.retrain_schedule,
-        out_dir=sdir,
-        checkpoint_every=ctx.train.checkpoint_every,
-        **options,
-    )
-
-
-def _sfw_final_model(ctx: RunContext, result: Any) -> MaskSet:
-    """The trained model compressed at the last level (masks; BatchNorm recalibrated as the
-    recipe does). Low-rank levels change the architecture: the model stays uncompressed."""
-    from prunekit.training.sfw_recipe import _bn_batches
-    from prunekit.training.soups import recalibrate_batchnorm
-
-    if result.masks is None:
-        return MaskSet()
-    model = ctx.model
-    masks = result.masks.to(next(model.parameters()).device)
-    masks.apply(model)
-    options = dict(ctx.options)
-    if options.get("recalibrate_bn", True):
-        count = int(options.get("bn_batches", 8))
-        batches = _bn_batches(model, ctx.data, ctx.train.batch_size, count)
-        if batches:
-            recalibrate_batchnorm(model, batches, device=next(model.parameters()).device)
-    return masks
-
-
-def _sfw_levels(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One report entry per compression level (low_rank: sparsity = parameters removed).
-
-    ``saved`` marks the level of the saved model (the last one; none for low_rank)."""
-    out = []
-    for i, ph in enumerate(phases):
-        level = float(ph["target_sparsity"])
-        if ph.get("compress") == "low_rank":
-            level = max(0.0, 1.0 - float(ph.get("params_ratio", 1.0)))
-        out.append(
-            {
-                "level": float(ph["target_sparsity"]),
-                "target_sparsity": round(level, 6),
-                "sparsity": ph["sparsity"],
-                "final": ph["retrained"] or ph["pruned"],
-                "saved": i == len(phases) - 1 and ph.get("compress") != "low_rank",
-            }
-        )
-    return out
-
-
-_CALLS = {"soups": _run_soups, "sap": _run_sap, "sfw": _sfw_call}
+_CALLS = {"soups": _run_soups, "sap": _run_sap}
 
 
 def _stage(name: str) -> Stage:
@@ -176,16 +107,8 @@ def _stage(name: str) -> Stage:
         extra: dict[str, Any] = {"final": result.final}
         if result.details:
             extra["details"] = result.details
-        if name == "sfw":
-            extra["trained"] = result.dense  # the SFW-trained model before compression
-            extra["levels"] = _sfw_levels(phases)
-            extra["iterations"] = {"dense": result.dense_iterations,
-                                   "retrain": result.retrain_iterations}  # fmt: skip
-            extra["max_norm_ratio"] = result.config.get("max_norm_ratio")
-            ctx.masks = _sfw_final_model(ctx, result)
-        else:
-            masks = result.masks if result.masks is not None else MaskSet.from_model(ctx.model)
-            ctx.masks = masks
+        masks = result.masks if result.masks is not None else MaskSet.from_model(ctx.model)
+        ctx.masks = masks
         if name == "sap":
             # SAP picks its own sparsity: the report lists it where it landed (0.1 % steps)
             extra["target_sparsity"] = round(ctx.masks.sparsity, 3)
@@ -208,17 +131,24 @@ def _configure(name: str):
     return configure
 
 
+def _soups_validate(section: Any, path: str) -> None:
+    """Soups prunes copies of one model with a data-free criterion without options."""
+    from prunekit.criteria import create_criterion
+    from prunekit.experiments.typed import ConfigError
+
+    if section.criterion_options or create_criterion(section.criterion).requires_data:
+        key = f"{path}.criterion" if path else "criterion"
+        raise ConfigError(
+            f"{key}: schedule 'soups' prunes with a data-free "
+            f"criterion without options (e.g. magnitude), got {section.criterion!r}"
+        )
+
+
 def _stages(name: str):
     def stages(ctx: RunContext) -> list[Stage]:
-        if name == "sfw":
-            return [_stage(name)]
         return [dense_stage(), _stage(name)]
 
     return stages
-
-
-def _sfw_ignores_sparsity(options: dict[str, Any]) -> bool:
-    return "levels" in options or options.get("compress") == "low_rank"
 
 
 register_recipe(
@@ -228,6 +158,7 @@ register_recipe(
         _configure("soups"),
         _stages("soups"),
         option_names=_option_names("soups"),
+        validate=_soups_validate,
     )
 )
 register_recipe(
@@ -238,16 +169,5 @@ register_recipe(
         _stages("sap"),
         option_names=_option_names("sap"),
         ignores_sparsity=lambda options: True,
-    )
-)
-register_recipe(
-    Recipe(
-        "sfw",
-        "Stochastic Frank-Wolfe training in a constraint set, then compression.",
-        _configure("sfw"),
-        _stages("sfw"),
-        trains_dense=False,
-        option_names=_option_names("sfw"),
-        ignores_sparsity=_sfw_ignores_sparsity,
     )
 )
