@@ -228,12 +228,7 @@ class SFWOptions:
     checkpoint_dir: Path | None = None
 
 
-def _check_options(
-    compress: str,
-    levels: Sequence[float],
-    retrain_epochs: float | None,
-    retrain_schedule: str,
-) -> None:
+def _check_levels(compress: str, levels: Sequence[float]) -> None:
     if compress not in COMPRESS:
         raise ValueError(f"compress: expected one of {', '.join(COMPRESS)}, got {compress!r}")
     if not levels:
@@ -247,7 +242,15 @@ def _check_options(
         if not ok:
             expected = "rank fractions in (0, 1]" if compress == "low_rank" else "values in [0, 1)"
             raise ValueError(f"levels: expected {expected} for {compress!r}, got {level!r}")
-    retraining = retrain_epochs is None or retrain_epochs > 0  # None: the dense run's length
+
+
+def _check_options(
+    compress: str,
+    levels: Sequence[float],
+    retrain_epochs: float | None,
+    retrain_schedule: str,
+) -> None:
+    _check_levels(compress, levels)
     if retrain_epochs is not None and (
         not isinstance(retrain_epochs, (int, float)) or retrain_epochs < 0
     ):
@@ -258,6 +261,7 @@ def _check_options(
             f"retrain_schedule: unknown retraining schedule {retrain_schedule!r}; "
             f"valid: {', '.join(names)}"
         )
+    retraining = retrain_epochs is None or retrain_epochs > 0  # None: the dense run's length
     if compress == "low_rank" and retrain_schedule.lower() == "allr" and retraining:
         raise ValueError("retrain_schedule: 'allr' needs pruning masks; not for low_rank")
 
@@ -288,17 +292,16 @@ def _train(ctx: RunContext, directory: Path | None) -> dict[str, Any]:
         ckpt = directory / "ckpt" if directory is not None else o.checkpoint_dir
         optimizer: torch.optim.Optimizer | None = None  # None: the train spec's (baseline)
         schedule: LRSchedule = ctx.original
-        callbacks: list[Callback] = []
+        check = FrankWolfeCallback(check_every_step=True)
         if o.sfw is not None:
             optimizer = make_sfw_optimizer(ctx.model, o.sfw)
             schedule = make_lr_schedule(ctx.train.lr_schedule, o.sfw.lr, total)
-            callbacks.append(FrankWolfeCallback(check_every_step=True))
+        callbacks: list[Callback] = [check] if o.sfw is not None else []
         trained_with = "sfw" if o.sfw is not None else ctx.train.optimizer
         ctx.log(f"sfw: training {total} iterations with {trained_with}")
         ctx.fit(schedule, total, None, ctx.train.seed, ckpt, callbacks, optimizer=optimizer)
         iterations = total
-        if callbacks:
-            max_ratio = callbacks[0].max_ratio  # type: ignore[attr-defined]
+        max_ratio = check.max_ratio if o.sfw is not None else None
     return {"trained": ctx.metrics(), "iterations": iterations, "max_norm_ratio": max_ratio}
 
 
@@ -448,12 +451,13 @@ def _validate(section: Any, path: str) -> None:
     options = section.options
     if "sfw" in options:
         _check_spec_fields(options["sfw"], f"{key}.sfw")
-    compress = options.get("compress", "magnitude")
-    levels = options.get("levels", [0.5])
+    levels = options.get("levels", [section.sparsity])
     if not isinstance(levels, list):
         raise ConfigError(f"{key}.levels: expected a list of compression levels, got {levels!r}")
+    if "levels" not in options and options.get("compress") == "low_rank":
+        levels = list(DEFAULT_LEVELS["low_rank"])
     try:
-        _check_options(compress, levels, 0.0, "llr")
+        _check_levels(options.get("compress", "magnitude"), levels)
     except ValueError as err:
         raise ConfigError(f"{key}.{err}") from None
 
