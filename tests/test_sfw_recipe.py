@@ -210,7 +210,7 @@ def test_run_sfw_is_the_registered_recipe():
     import prunekit.recipes
     from prunekit.recipes import get_recipe
     from prunekit.recipes.context import RunContext
-    from prunekit.recipes.frank_wolfe import SFWOptions
+    from prunekit.recipes.methods.sfw import SFWOptions
 
     assert prunekit.recipes.sfw is run_sfw
     recipe = get_recipe("sfw")

@@ -39,10 +39,12 @@ __all__ = [
     "one_shot",
     "register_recipe",
     "schedule_names",
+    "sfw",
 ]
 
 _API = {"one_shot": "prune_retrain", "imp": "prune_retrain", "bimp": "prune_retrain",
-        "gmp": "gmp", "data_prune": "data_prune"}  # fmt: skip
+        "gmp": "gmp", "data_prune": "data_prune",
+        "sfw": "sfw"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

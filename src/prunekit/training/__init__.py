@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from prunekit.recipes.frank_wolfe import (
+from prunekit.recipes.methods.sfw import (
     CompressionResult,
     FrankWolfeCallback,
     SFWSpec,
     make_sfw_optimizer,
 )
-from prunekit.recipes.frank_wolfe import sfw as run_sfw
+from prunekit.recipes.methods.sfw import sfw as run_sfw
 from prunekit.training.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.training.controls import (
     count_flops,

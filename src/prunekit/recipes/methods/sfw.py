@@ -40,9 +40,9 @@ from prunekit.frank_wolfe.compress import low_rank, prune_filters
 from prunekit.frank_wolfe.groups import constraints_for_model
 from prunekit.frank_wolfe.optimizer import RESCALE_MODES, SFW
 from prunekit.recipes.context import RunContext, metrics_of
-from prunekit.recipes.executor import Stage, execute
-from prunekit.recipes.prune_retrain import pruning_norm_change
-from prunekit.recipes.registry import Recipe, register_recipe
+from prunekit.recipes.executor import Stage
+from prunekit.recipes.methods.prune_retrain import pruning_norm_change
+from prunekit.recipes.registry import Recipe, register_recipe, run_recipe
 from prunekit.recipes.spec import ExperimentResult, PhaseResult, PruneSpec, TrainSpec, spec_dict
 from prunekit.training.lr import (
     LRSchedule,
@@ -302,6 +302,8 @@ def _train(ctx: RunContext, directory: Path | None) -> dict[str, Any]:
         ctx.fit(schedule, total, None, ctx.train.seed, ckpt, callbacks, optimizer=optimizer)
         iterations = total
         max_ratio = check.max_ratio if o.sfw is not None else None
+    if directory is None:  # in memory: the stand-in for the stage's weights file
+        ctx.memory["trained"] = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
     return {"trained": ctx.metrics(), "iterations": iterations, "max_norm_ratio": max_ratio}
 
 
@@ -575,21 +577,18 @@ def sfw(
         bn_batches,
         checkpoint_dir=root / "train" if root is not None else None,
     )
-    ctx = RunContext(
+    ctx = run_recipe(
+        "sfw",
         model,
         data,
         spec,
         PruneSpec(targets=sfw.targets if sfw is not None else None),
+        options,
         retrain_epochs=retrain_epochs,
         retrain_schedule=retrain_schedule,
-        options=options,
         pretrained=pretrained,
     )
-    train_stage, compress_stage = _stages(ctx)
-    execute([train_stage], ctx)
-    trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    execute([compress_stage], ctx)
-    model.load_state_dict(trained)  # the API's model stays the trained, uncompressed one
+    model.load_state_dict(ctx.memory["trained"])  # the API's model: trained, uncompressed
     phases = [CompressionResult(**p) for p in ctx.phases]
     result = ExperimentResult(
         "sfw",
