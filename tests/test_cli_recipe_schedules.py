@@ -160,7 +160,7 @@ def test_sfw_cli_saves_the_retrained_level_and_matches_the_api(tmp_path):
                   retrain_schedule=cfg.retrain.schedule)  # fmt: skip
     trained = load_file(str(root / "train" / "model.safetensors"))
     assert all(torch.equal(v.cpu(), trained[k]) for k, v in model.state_dict().items())
-    assert [p for p in api.to_dict()["phases"]] == result["phases"]
+    assert api.to_dict()["phases"] == result["phases"]
     assert api.config["max_norm_ratio"] == result["max_norm_ratio"]
 
 
