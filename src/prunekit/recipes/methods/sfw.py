@@ -510,7 +510,7 @@ def sfw(
     compress: str = "magnitude",
     levels: Sequence[float] | None = None,
     allocation: str | None = None,
-    retrain_epochs: float = 0.0,
+    retrain_epochs: float | None = 0.0,
     retrain_schedule: str = "llr",
     factorize: bool = True,
     recalibrate_bn: bool = True,
@@ -538,7 +538,8 @@ def sfw(
             (low_rank); defaults per method (``DEFAULT_LEVELS``).
         allocation: magnitude: any prunekit allocation (default ``"global"``); filters:
             ``"uniform"`` (default) or ``"global"``.
-        retrain_epochs: retraining after compression (0: none). Masks stay fixed while
+        retrain_epochs: retraining after compression (0: none; None: the length of the
+            training run, as a config's ``retrain.epochs: null``). Masks stay fixed while
             retraining; a factorised low-rank model is retrained as it is.
         retrain_schedule: ``ft``, ``lrw``, ``slr``, ``clr``, ``llr`` or ``allr``.
         factorize: low_rank: replace layers by two thinner ones (else overwrite the weights).
