@@ -292,16 +292,17 @@ def _train(ctx: RunContext, directory: Path | None) -> dict[str, Any]:
         ckpt = directory / "ckpt" if directory is not None else o.checkpoint_dir
         optimizer: torch.optim.Optimizer | None = None  # None: the train spec's (baseline)
         schedule: LRSchedule = ctx.original
-        check = FrankWolfeCallback(check_every_step=True)
+        check: FrankWolfeCallback | None = None
         if o.sfw is not None:
             optimizer = make_sfw_optimizer(ctx.model, o.sfw)
             schedule = make_lr_schedule(ctx.train.lr_schedule, o.sfw.lr, total)
-        callbacks: list[Callback] = [check] if o.sfw is not None else []
+            check = FrankWolfeCallback(check_every_step=True)
+        callbacks: list[Callback] = [check] if check is not None else []
         trained_with = "sfw" if o.sfw is not None else ctx.train.optimizer
         ctx.log(f"sfw: training {total} iterations with {trained_with}")
         ctx.fit(schedule, total, None, ctx.train.seed, ckpt, callbacks, optimizer=optimizer)
         iterations = total
-        max_ratio = check.max_ratio if o.sfw is not None else None
+        max_ratio = check.max_ratio if check is not None else None
     if directory is None:  # in memory: the stand-in for the stage's weights file
         ctx.memory["trained"] = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
     return {"trained": ctx.metrics(), "iterations": iterations, "max_norm_ratio": max_ratio}
