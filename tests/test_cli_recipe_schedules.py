@@ -122,7 +122,46 @@ def test_sfw_reports_every_level(tmp_path):
     assert [r.accuracy for r in rows] == [p["pruned"]["test_top1"] for p in result["phases"]]
     # costs belong to the saved (last-level) model only
     assert rows[1].compression > 1.0 and math.isnan(rows[0].params)
-    assert not (root / "recipe" / "train").exists()  # the training checkpoint is removed
+    assert (root / "train" / "stage.json").is_file()
+    assert not (root / "train" / "ckpt").exists()  # the training checkpoint is removed
+
+
+def test_sfw_option_errors_name_the_key(tmp_path):
+    msg = _error(tiny(tmp_path, "sfw", {"levels": [0.5, 1.5]}))
+    assert msg.startswith("prune.options.levels: expected values in [0, 1)") and "1.5" in msg
+    msg = _error(tiny(tmp_path, "sfw", {"compress": "svd"}))
+    assert msg.startswith("prune.options.compress: expected one of magnitude, filters, low_rank")
+    msg = _error(tiny(tmp_path, "sfw", {"compress": "low_rank", "levels": [0.0]}))
+    assert msg.startswith("prune.options.levels: expected rank fractions in (0, 1]")
+    assert _error(tiny(tmp_path, "sfw", {"levels": 0.5})).startswith("prune.options.levels:")
+
+
+def test_sfw_cli_saves_the_retrained_level_and_matches_the_api(tmp_path):
+    from safetensors.torch import load_file
+
+    from prunekit.experiments.runner import train_spec
+    from prunekit.training import SFWSpec, run_sfw
+
+    data = tiny(tmp_path, "sfw", {"levels": [0.5, 0.8], "sfw": {"k_fraction": 0.1}})
+    cfg = resolve(data)
+    result = run_experiment(cfg, quiet=True)
+    root = run_dir(cfg)
+    last = result["phases"][-1]
+    assert last["retrain_iterations"] > 0 and result["final"] == last["retrained"]
+    # the saved model is the retrained last level, the one the result reports
+    assert _saved_top1(cfg, root) == pytest.approx(last["retrained"]["test_top1"])
+
+    # the Python API with the same settings runs the same stages: same weights, same levels
+    bundle = build_data(cfg)
+    model = build_model(cfg, bundle)
+    spec = SFWSpec(k_fraction=0.1, targets=cfg.prune.targets.build())
+    api = run_sfw(model, bundle, train_spec(cfg), spec, levels=[0.5, 0.8],
+                  allocation=cfg.prune.allocation, retrain_epochs=cfg.retrain.epochs,
+                  retrain_schedule=cfg.retrain.schedule)  # fmt: skip
+    trained = load_file(str(root / "train" / "model.safetensors"))
+    assert all(torch.equal(v.cpu(), trained[k]) for k, v in model.state_dict().items())
+    assert api.to_dict()["phases"] == result["phases"]
+    assert api.config["max_norm_ratio"] == result["max_norm_ratio"]
 
 
 def test_sap_final_round(tmp_path):

@@ -10,14 +10,16 @@ from torch import nn
 
 from conftest import toy_bundle
 from prunekit.frank_wolfe import SFW
-from prunekit.training import PruneSpec, Trainer, TrainSpec
-from prunekit.training.lr import CosineLR
-from prunekit.training.sfw_recipe import (
+from prunekit.training import (
     FrankWolfeCallback,
+    PruneSpec,
     SFWSpec,
+    Trainer,
+    TrainSpec,
     make_sfw_optimizer,
     run_sfw,
 )
+from prunekit.training.lr import CosineLR
 from prunekit.training.trainer import Callback
 
 DATA = toy_bundle(240, 16, 4)
@@ -202,3 +204,19 @@ def test_run_sfw_bad_options(kwargs, match):
 def test_run_sfw_bad_spec():
     with pytest.raises(TypeError, match="sfw"):
         run_sfw(_mlp(), DATA, TRAIN, PruneSpec(), pretrained=True)  # type: ignore[arg-type]
+
+
+def test_run_sfw_is_the_registered_recipe():
+    import prunekit.recipes
+    from prunekit.recipes import get_recipe
+    from prunekit.recipes.context import RunContext
+    from prunekit.recipes.methods.sfw import SFWOptions
+
+    assert prunekit.recipes.sfw is run_sfw
+    recipe = get_recipe("sfw")
+    assert not recipe.trains_dense
+    ctx = RunContext(_mlp(), DATA, TRAIN, PruneSpec(), options=SFWOptions(levels=[0.5]))
+    assert [s.name for s in recipe.stages(ctx)] == ["train", "compress"]
+    ctx.options = SFWOptions(levels=[1.5])
+    with pytest.raises(ValueError, match=r"levels: expected values in \[0, 1\)"):
+        recipe.stages(ctx)

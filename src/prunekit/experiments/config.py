@@ -333,16 +333,7 @@ class PruneConfig:
                         f"{_key(path, 'options')}.{key}: unknown option of schedule "
                         f"{self.schedule!r}; allowed: {', '.join(allowed) or 'none'}"
                     )
-        if self.schedule == "sfw" and "sfw" in self.options:
-            _check_sfw_options(self.options["sfw"], f"{_key(path, 'options')}.sfw")
-        if self.schedule == "soups":
-            from prunekit.criteria import create_criterion
-
-            if self.criterion_options or create_criterion(self.criterion).requires_data:
-                raise ConfigError(
-                    f"{_key(path, 'criterion')}: schedule 'soups' prunes with a data-free "
-                    f"criterion without options (e.g. magnitude), got {self.criterion!r}"
-                )
+        _recipe(self.schedule).validate(self, path)
         if not 0.0 <= self.gmp_start < self.gmp_end <= 1.0:
             raise ConfigError(
                 f"{_key(path, 'gmp_start')}: expected 0 <= gmp_start < gmp_end <= 1, got "
@@ -387,32 +378,6 @@ def _nm(allocation: str) -> tuple[int, int] | None:
     from prunekit.core.allocation import parse_nm
 
     return parse_nm(allocation)
-
-
-def sfw_spec_fields() -> list[str]:
-    """The :class:`~prunekit.training.SFWSpec` fields ``prune.options.sfw`` may set."""
-    import dataclasses
-
-    from prunekit.training.sfw_recipe import SFWSpec
-
-    # targets come from prune.targets
-    return [f.name for f in dataclasses.fields(SFWSpec) if f.name != "targets"]
-
-
-def _check_sfw_options(value: Any, path: str) -> None:
-    if value is None:
-        return  # the plain-optimizer baseline
-    if not isinstance(value, dict):
-        raise ConfigError(
-            f"{path}: expected a mapping of SFWSpec fields (or null for the baseline), "
-            f"got {value!r}"
-        )
-    allowed = sfw_spec_fields()
-    for key in value:
-        if key not in allowed:
-            raise ConfigError(f"{path}.{key}: unknown SFWSpec field; allowed: {', '.join(allowed)}")
-    if "options" in value and not isinstance(value["options"], dict):
-        raise ConfigError(f"{path}.options: expected a mapping of constraint options")
 
 
 @dataclass

@@ -43,11 +43,12 @@ __all__ = [
     "rigl",
     "sap",
     "schedule_names",
+    "sfw",
     "soups",
 ]
 
 _API = {"one_shot": "prune_retrain", "imp": "prune_retrain", "bimp": "prune_retrain",
-        "gmp": "gmp", "data_prune": "data_prune", "soups": "soups",
+        "gmp": "gmp", "data_prune": "data_prune", "soups": "soups", "sfw": "sfw",
         "rigl": "dst", "granet": "dst", "at_init": "at_init", "sap": "sap"}  # fmt: skip
 
 

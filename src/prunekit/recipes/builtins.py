@@ -1,3 +1,12 @@
 """Importing this module registers every built-in recipe."""
 
-from prunekit.recipes.methods import at_init, data_prune, dst, gmp, prune_retrain, sap, soups  # noqa: F401
+from prunekit.recipes.methods import (  # noqa: F401
+    at_init,
+    data_prune,
+    dst,
+    gmp,
+    prune_retrain,
+    sap,
+    sfw,
+    soups,
+)

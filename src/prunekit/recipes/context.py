@@ -51,16 +51,19 @@ def make_trainer(
     augment: Any = None,
     callbacks: Sequence[Callback] | None = None,
     distributed: bool | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> Trainer:
     """A Trainer for ``iterations`` steps of ``schedule`` with ``spec``'s optimizer settings.
 
     With ``ckpt`` it checkpoints there every ``spec.checkpoint_every`` iterations (and at the
     end) and resumes from it. ``distributed=False`` keeps one process's run to itself inside a
-    multi-process job (e.g. one soup ingredient per rank).
+    multi-process job (e.g. one soup ingredient per rank). ``optimizer``: one built over
+    ``model`` by the recipe (default: ``spec``'s).
     """
-    optimizer = make_optimizer(
-        model, spec.optimizer, spec.lr, spec.momentum, spec.weight_decay, spec.nesterov
-    )
+    if optimizer is None:
+        optimizer = make_optimizer(
+            model, spec.optimizer, spec.lr, spec.momentum, spec.weight_decay, spec.nesterov
+        )
     return Trainer(
         model,
         train_data,
@@ -215,9 +218,11 @@ class RunContext:
         ckpt: Path | None,
         callbacks: list[Callback] | None = None,
         model: nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
     ) -> Trainer:
         """Train ``model`` (default: the context's) for ``iterations`` steps of ``schedule``;
-        with ``ckpt`` the Trainer checkpoints there and resumes from it."""
+        with ``ckpt`` the Trainer checkpoints there and resumes from it. ``optimizer``: one
+        the recipe built over ``model`` (default: the train spec's)."""
         model = self.model if model is None else model
         trainer = make_trainer(
             model,
@@ -231,6 +236,7 @@ class RunContext:
             task=self.data.task,
             augment=self.data.augment,
             callbacks=callbacks,
+            optimizer=optimizer,
         )
         trainer.fit(resume=True)
         return trainer

@@ -49,6 +49,9 @@ class Recipe:
         selected_by: the config key that selects it (``prune.schedule``, or
             ``data_prune.score`` for data pruning).
         prunes_weights: False for recipes that prune no weights (data pruning).
+        validate: ``validate(section, path)`` checks the recipe's keys of the config's
+            ``prune`` section (``path``: its key path, e.g. ``"prune"``) and raises a
+            :class:`~prunekit.experiments.typed.ConfigError` naming the key.
     """
 
     name: str
@@ -62,6 +65,7 @@ class Recipe:
     ignores_sparsity: Callable[[dict[str, Any]], bool] = lambda options: False
     selected_by: str = "prune.schedule"
     prunes_weights: bool = True
+    validate: Callable[[Any, str], None] = lambda section, path: None
 
 
 RECIPES: Registry[Recipe] = Registry("schedule")

@@ -6,6 +6,13 @@ from prunekit.recipes.methods.at_init import at_init as run_at_init
 from prunekit.recipes.methods.dst import granet as run_granet
 from prunekit.recipes.methods.dst import rigl as run_rigl
 from prunekit.recipes.methods.sap import sap as run_sap
+from prunekit.recipes.methods.sfw import (
+    CompressionResult,
+    FrankWolfeCallback,
+    SFWSpec,
+    make_sfw_optimizer,
+)
+from prunekit.recipes.methods.sfw import sfw as run_sfw
 from prunekit.recipes.methods.soups import SoupPhase, TrainerRetrain, run_soups
 from prunekit.training.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.training.controls import (
@@ -46,13 +53,6 @@ from prunekit.training.recipes import (
     run_one_shot,
     run_scratch,
     run_sparse_training,
-)
-from prunekit.training.sfw_recipe import (
-    CompressionResult,
-    FrankWolfeCallback,
-    SFWSpec,
-    make_sfw_optimizer,
-    run_sfw,
 )
 from prunekit.training.trainer import Callback, FitResult, Trainer, evaluate, make_optimizer
 

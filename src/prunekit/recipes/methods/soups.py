@@ -414,6 +414,19 @@ def _configure(cfg: Any) -> SoupsOptions:
     return SoupsOptions(phases=cfg.prune.phases, **dict(cfg.prune.options))
 
 
+def _validate(section: Any, path: str) -> None:
+    """Soups prunes copies of one model with a data-free criterion without options."""
+    from prunekit.criteria import create_criterion
+    from prunekit.experiments.typed import ConfigError
+
+    if section.criterion_options or create_criterion(section.criterion).requires_data:
+        key = f"{path}.criterion" if path else "criterion"
+        raise ConfigError(
+            f"{key}: schedule 'soups' prunes with a data-free "
+            f"criterion without options (e.g. magnitude), got {section.criterion!r}"
+        )
+
+
 register_recipe(
     Recipe(
         "soups",
@@ -421,6 +434,7 @@ register_recipe(
         _configure,
         _stages,
         option_names=_option_names,
+        validate=_validate,
     )
 )
 
