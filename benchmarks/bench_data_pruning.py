@@ -36,9 +36,9 @@ from prunekit.data_pruning import (  # noqa: E402
     subset_iterations,
 )
 from prunekit.models import create_model  # noqa: E402
+from prunekit.recipes.spec import TrainSpec  # noqa: E402
 from prunekit.training import Trainer  # noqa: E402
 from prunekit.training.lr import make_lr_schedule  # noqa: E402
-from prunekit.training.recipes import TrainSpec  # noqa: E402
 from prunekit.training.trainer import evaluate, make_optimizer  # noqa: E402
 
 SCORES = ("el2n", "grand", "forgetting", "prototypes")

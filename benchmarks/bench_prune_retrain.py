@@ -33,6 +33,7 @@ from torch import nn
 
 from prunekit.data import DatasetBundle, create_dataset
 from prunekit.models import create_model
+from prunekit.recipes.context import iterations_per_epoch, original_schedule
 from prunekit.training import (
     PruneSpec,
     TrainSpec,
@@ -46,7 +47,6 @@ from prunekit.training import (
     shuffle_masks,
 )
 from prunekit.training.lr import LRW
-from prunekit.training.recipes import iterations_per_epoch, original_schedule
 
 RETRAIN = ["ft", "llr", "allr", "clr", "slr", "lrw"]
 

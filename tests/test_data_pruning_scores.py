@@ -24,8 +24,8 @@ from prunekit.data_pruning import (
     per_example_grad_norms,
     scores_cached,
 )
+from prunekit.recipes.spec import TrainSpec
 from prunekit.training import Trainer
-from prunekit.training.recipes import TrainSpec
 
 X = torch.tensor([[1.0, 0.0, 2.0], [0.5, -1.0, 0.0], [-1.0, 1.0, 1.0], [0.0, 2.0, -0.5]])
 Y = torch.tensor([0, 1, 1, 0])

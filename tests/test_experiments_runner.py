@@ -11,7 +11,7 @@ from prunekit.experiments.config import resolve
 from prunekit.experiments.runner import build_data, build_model, run_dir, run_experiment
 from prunekit.experiments.store import ResultsStore
 from prunekit.export import load_compressed
-from prunekit.training.recipes import PruneSpec, TrainSpec, run_one_shot
+from prunekit.training import PruneSpec, TrainSpec, run_one_shot
 
 
 def tiny(tmp_path, **prune) -> dict:

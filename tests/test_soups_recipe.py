@@ -14,9 +14,9 @@ from torch import nn
 import prunekit
 from prunekit.core.masks import MaskSet
 from prunekit.data import DatasetBundle, TensorData, create_dataset
+from prunekit.recipes.context import original_schedule
 from prunekit.recipes.methods.soups import TrainerRetrain, run_soups
 from prunekit.training import PruneSpec, TrainSpec
-from prunekit.training.recipes import original_schedule
 from prunekit.training.soups import check_masks
 from prunekit.training.trainer import Callback
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.criteria.registry import KindView, register_criterion
-from prunekit.training.recipes import TrainSpec
+from prunekit.recipes.spec import TrainSpec
 
 __all__ = [
     "DATA_SCORES",

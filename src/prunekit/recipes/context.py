@@ -25,7 +25,13 @@ from prunekit.recipes.spec import ExperimentResult, PhaseResult, PruneSpec, Trai
 from prunekit.training.lr import LRSchedule, make_lr_schedule
 from prunekit.training.trainer import Callback, Trainer, evaluate, make_optimizer
 
-__all__ = ["RunContext", "make_trainer", "metrics_of"]
+__all__ = [
+    "RunContext",
+    "iterations_per_epoch",
+    "make_trainer",
+    "metrics_of",
+    "original_schedule",
+]
 
 
 def metrics_of(model: nn.Module, data: DatasetBundle) -> dict[str, float]:
@@ -84,6 +90,17 @@ def make_trainer(
     )
 
 
+def iterations_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Steps in one epoch (the last, smaller batch included)."""
+    return max(1, math.ceil(num_examples / batch_size))
+
+
+def original_schedule(spec: TrainSpec, data: DatasetBundle) -> LRSchedule:
+    """The LR schedule of the dense run described by ``spec`` (at least one step)."""
+    total = int(round(spec.epochs * iterations_per_epoch(len(data.train), spec.batch_size)))
+    return make_lr_schedule(spec.lr_schedule, spec.lr, max(total, 1))
+
+
 def _no_log(message: str) -> None:
     return None
 
@@ -134,14 +151,13 @@ class RunContext:
         """Training steps in ``epochs`` epochs (the last, smaller batch included)."""
         if epochs < 0:
             raise ValueError(f"epochs: expected a non-negative number, got {epochs}")
-        per_epoch = max(1, math.ceil(len(self.data.train) / self.train.batch_size))
+        per_epoch = iterations_per_epoch(len(self.data.train), self.train.batch_size)
         return int(round(epochs * per_epoch))
 
     @functools.cached_property
     def original(self) -> LRSchedule:
         """The LR schedule of the dense run; retraining schedules are derived from it."""
-        total = max(1, self.iterations(self.train.epochs))
-        return make_lr_schedule(self.train.lr_schedule, self.train.lr, total)
+        return original_schedule(self.train, self.data)
 
     def retrain_iterations(self) -> int:
         """Retraining steps per phase: ``retrain_epochs``, or the dense run's length."""

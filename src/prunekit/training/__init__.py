@@ -1,19 +1,10 @@
-"""Training engine: Trainer, LR and retraining schedules, prune-retrain recipes, controls."""
+"""Training engine: Trainer, LR and retraining schedules, checkpoints, dynamic sparse training,
+soup mechanics; the recipes' earlier names (``run_imp``, ``run_soups``, ...) load lazily."""
 
 from __future__ import annotations
 
-from prunekit.recipes.methods.at_init import at_init as run_at_init
-from prunekit.recipes.methods.dst import granet as run_granet
-from prunekit.recipes.methods.dst import rigl as run_rigl
-from prunekit.recipes.methods.sap import sap as run_sap
-from prunekit.recipes.methods.sfw import (
-    CompressionResult,
-    FrankWolfeCallback,
-    SFWSpec,
-    make_sfw_optimizer,
-)
-from prunekit.recipes.methods.sfw import sfw as run_sfw
-from prunekit.recipes.methods.soups import SoupPhase, TrainerRetrain, run_soups
+from typing import Any
+
 from prunekit.training.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.training.controls import (
     count_flops,
@@ -39,22 +30,47 @@ from prunekit.training.lr import (
     make_lr_schedule,
     make_retrain_schedule,
 )
-from prunekit.training.recipes import (
-    ExperimentResult,
-    GMPCallback,
-    PhaseResult,
-    PruneSpec,
-    TrainSpec,
-    pruning_norm_change,
-    run_bimp,
-    run_dense,
-    run_gmp,
-    run_imp,
-    run_one_shot,
-    run_scratch,
-    run_sparse_training,
-)
 from prunekit.training.trainer import Callback, FitResult, Trainer, evaluate, make_optimizer
+
+# The recipes (prunekit.recipes) build on this package; their earlier names here load lazily, so
+# that importing the training engine never imports the recipes.
+_RECIPES = {
+    "ExperimentResult": ("prunekit.recipes.spec", "ExperimentResult"),
+    "PhaseResult": ("prunekit.recipes.spec", "PhaseResult"),
+    "PruneSpec": ("prunekit.recipes.spec", "PruneSpec"),
+    "TrainSpec": ("prunekit.recipes.spec", "TrainSpec"),
+    "GMPCallback": ("prunekit.recipes.methods.gmp", "GMPCallback"),
+    "run_gmp": ("prunekit.recipes.methods.gmp", "gmp"),
+    "run_one_shot": ("prunekit.recipes.methods.prune_retrain", "one_shot"),
+    "run_imp": ("prunekit.recipes.methods.prune_retrain", "imp"),
+    "run_bimp": ("prunekit.recipes.methods.prune_retrain", "bimp"),
+    "pruning_norm_change": ("prunekit.recipes.methods.prune_retrain", "pruning_norm_change"),
+    "run_at_init": ("prunekit.recipes.methods.at_init", "at_init"),
+    "run_rigl": ("prunekit.recipes.methods.dst", "rigl"),
+    "run_granet": ("prunekit.recipes.methods.dst", "granet"),
+    "run_sap": ("prunekit.recipes.methods.sap", "sap"),
+    "run_soups": ("prunekit.recipes.methods.soups", "run_soups"),
+    "SoupPhase": ("prunekit.recipes.methods.soups", "SoupPhase"),
+    "TrainerRetrain": ("prunekit.recipes.methods.soups", "TrainerRetrain"),
+    "run_sfw": ("prunekit.recipes.methods.sfw", "sfw"),
+    "SFWSpec": ("prunekit.recipes.methods.sfw", "SFWSpec"),
+    "CompressionResult": ("prunekit.recipes.methods.sfw", "CompressionResult"),
+    "FrankWolfeCallback": ("prunekit.recipes.methods.sfw", "FrankWolfeCallback"),
+    "make_sfw_optimizer": ("prunekit.recipes.methods.sfw", "make_sfw_optimizer"),
+    "run_dense": ("prunekit.recipes.controls", "run_dense"),
+    "run_sparse_training": ("prunekit.recipes.controls", "run_sparse_training"),
+    "run_scratch": ("prunekit.recipes.controls", "run_scratch"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RECIPES:
+        import importlib
+
+        module, attr = _RECIPES[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'prunekit.training' has no attribute {name!r}")
+
 
 __all__ = [
     "DSTCallback",
