@@ -116,3 +116,22 @@ def test_every_recipe_builds_named_stages(name):
     names = [s.name for s in stages]
     assert len(set(names)) == len(names) and names
     assert (names[0] == "dense") == recipe.trains_dense
+
+
+def test_recipe_option_errors_name_the_config_key(tmp_path):
+    """An option the recipe refuses before training is named by its full config key."""
+    from prunekit.experiments.runner import run_experiment
+
+    base = {
+        "model": {"name": "mlp", "kwargs": {"hidden": [8]}},
+        "data": {"name": "digits"},
+        "train": {"epochs": 1, "threads": 1},
+        "output": str(tmp_path),
+    }
+    soups = resolve({**base, "prune": {"schedule": "soups", "options": {"m": 0}}})
+    with pytest.raises(ConfigError, match=r"^prune\.options\.m: "):
+        run_experiment(soups, quiet=True)
+    imp = resolve({**base, "prune": {"schedule": "imp", "rewind": "weights",
+                                     "rewind_iteration": 10**6}})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^prune\.rewind_iteration: "):
+        run_experiment(imp, quiet=True)

@@ -272,7 +272,18 @@ def _stages(recipe: Recipe, ctx: RunContext) -> list:
     try:
         return recipe.stages(ctx)  # option errors surface before any training
     except ValueError as err:
-        raise ConfigError(f"prune.{err}") from None
+        raise ConfigError(_config_key(recipe, str(err))) from None
+
+
+def _config_key(recipe: Recipe, message: str) -> str:
+    """A recipe's option error with the config key in front: ``prune.options.<key>`` for the
+    recipe's own options, ``prune.<key>`` for the section's keys; full keys stay."""
+    key = message.split(":", 1)[0].strip()
+    if key.startswith(("prune.", "data_prune.", "train.", "retrain.")):
+        return message
+    if key.split(".")[0] in recipe.option_names():
+        return f"prune.options.{message}"
+    return f"prune.{message}"
 
 
 def train_dense(cfg: ExperimentConfig, *, quiet: bool = True) -> dict[str, Any]:

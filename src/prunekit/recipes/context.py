@@ -29,6 +29,7 @@ __all__ = [
     "RunContext",
     "iterations_per_epoch",
     "make_trainer",
+    "masks_for",
     "metrics_of",
     "original_schedule",
 ]
@@ -99,6 +100,36 @@ def original_schedule(spec: TrainSpec, data: DatasetBundle) -> LRSchedule:
     """The LR schedule of the dense run described by ``spec`` (at least one step)."""
     total = int(round(spec.epochs * iterations_per_epoch(len(data.train), spec.batch_size)))
     return make_lr_schedule(spec.lr_schedule, spec.lr, max(total, 1))
+
+
+def masks_for(
+    spec: PruneSpec,
+    model: nn.Module,
+    target: float,
+    masks: MaskSet | None,
+    seed: int,
+    calibration: Callable[[], list[tuple[torch.Tensor, ...]]] | None = None,
+) -> MaskSet:
+    """Masks of ``model`` at sparsity ``target`` (nested in ``masks``) as ``spec`` says; a
+    data-driven criterion scores on ``calibration()``."""
+    from prunekit.criteria import create_criterion
+
+    options = spec.criterion_options or None
+    needs_data = create_criterion(spec.method, **(options or {})).requires_data
+    if needs_data and calibration is None:
+        raise ValueError(f"method: criterion {spec.method!r} needs calibration data")
+    return compute_masks(
+        model,
+        target,
+        spec.method,
+        spec.allocation,
+        targets=spec.targets,
+        masks=masks,
+        min_keep=spec.min_keep,
+        data=calibration() if needs_data and calibration is not None else None,
+        seed=seed,
+        criterion_options=options,
+    )
 
 
 def _no_log(message: str) -> None:
@@ -206,24 +237,9 @@ class RunContext:
     def compute_masks(
         self, model: nn.Module, target: float, masks: MaskSet | None, seed: int
     ) -> MaskSet:
-        """Masks of ``model`` at sparsity ``target`` (nested in ``masks``) with the prune spec."""
-        from prunekit.criteria import create_criterion
-
-        p = self.prune
-        options = p.criterion_options or None
-        needs_data = create_criterion(p.method, **(options or {})).requires_data
-        return compute_masks(
-            model,
-            target,
-            p.method,
-            p.allocation,
-            targets=p.targets,
-            masks=masks,
-            min_keep=p.min_keep,
-            data=self.calibration() if needs_data else None,
-            seed=seed,
-            criterion_options=options,
-        )
+        """Masks of ``model`` at sparsity ``target`` (nested in ``masks``) with the prune spec;
+        data-driven criteria score on :meth:`calibration`."""
+        return masks_for(self.prune, model, target, masks, seed, self.calibration)
 
     def fit(
         self,

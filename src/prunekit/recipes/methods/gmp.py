@@ -6,6 +6,7 @@ One stage (``phase_1``): train from the initialisation for ``train.epochs``, pru
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 from prunekit.core.masks import MaskSet
 from prunekit.core.schedules import GMP
 from prunekit.data.base import DatasetBundle
-from prunekit.recipes.context import RunContext
+from prunekit.recipes.context import RunContext, masks_for
 from prunekit.recipes.executor import Stage
 from prunekit.recipes.registry import Recipe, register_recipe, run_recipe
 from prunekit.recipes.single_run import during_training_record, fit_from_init
@@ -69,22 +70,7 @@ class GMPCallback(Callback):
 
 
 def _spec_pruner(spec: PruneSpec):
-    from prunekit.core.prune import compute_masks
-
-    def prune(model: nn.Module, target: float, masks: MaskSet | None, seed: int) -> MaskSet:
-        return compute_masks(
-            model,
-            target,
-            spec.method,
-            spec.allocation,
-            targets=spec.targets,
-            masks=masks,
-            min_keep=spec.min_keep,
-            seed=seed,
-            criterion_options=spec.criterion_options,
-        )
-
-    return prune
+    return functools.partial(masks_for, spec)
 
 
 def _schedule(ctx: RunContext) -> GMP:
