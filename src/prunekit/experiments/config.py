@@ -497,15 +497,12 @@ class ExperimentConfig:
         """The method label used in reports (``method`` or criterion/allocation/schedule)."""
         if self.method:
             return self.method
-        if self.data_prune.enabled:
-            return self.data_prune.label()
+        from prunekit.recipes.registry import recipe_for
+
+        recipe = recipe_for(self)
+        if recipe.label is not None:
+            return recipe.label(self)
         p = self.prune
-        if p.schedule == "sfw":
-            # the criterion is not used: name the optimizer and the compression
-            trained = "sfw" if p.options.get("sfw", {}) is not None else self.train.optimizer
-            return f"{trained}-{p.options.get('compress', 'magnitude')}-{p.allocation}"
-        if p.schedule == "sap":
-            return f"sap-{p.options.get('scope', 'global')}"
         return f"{p.criterion}-{p.allocation}-{p.schedule}"
 
 

@@ -52,6 +52,8 @@ class Recipe:
         validate: ``validate(section, path)`` checks the recipe's keys of the config's
             ``prune`` section (``path``: its key path, e.g. ``"prune"``) and raises a
             :class:`~prunekit.experiments.typed.ConfigError` naming the key.
+        label: ``label(cfg) -> str``: the method label in reports (default
+            ``<criterion>-<allocation>-<schedule>``).
     """
 
     name: str
@@ -66,6 +68,7 @@ class Recipe:
     selected_by: str = "prune.schedule"
     prunes_weights: bool = True
     validate: Callable[[Any, str], None] = lambda section, path: None
+    label: Callable[[Any], str] | None = None
 
 
 RECIPES: Registry[Recipe] = Registry("schedule")

@@ -272,6 +272,7 @@ register_recipe(
         _stages,
         selected_by="data_prune.score",
         prunes_weights=False,
+        label=lambda cfg: cfg.data_prune.label(),
     )
 )
 

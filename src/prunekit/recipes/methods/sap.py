@@ -161,6 +161,7 @@ register_recipe(
         _stages,
         option_names=lambda: [f.name for f in dataclasses.fields(SAPOptions)],
         ignores_sparsity=lambda options: True,
+        label=lambda cfg: f"sap-{cfg.prune.options.get('scope', 'global')}",
     )
 )
 

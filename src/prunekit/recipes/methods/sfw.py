@@ -487,6 +487,13 @@ def _ignores_sparsity(options: dict[str, Any]) -> bool:
     return "levels" in options or options.get("compress") == "low_rank"
 
 
+def _label(cfg: Any) -> str:
+    # the criterion is not used: name the optimizer and the compression
+    p = cfg.prune
+    trained = "sfw" if p.options.get("sfw", {}) is not None else cfg.train.optimizer
+    return f"{trained}-{p.options.get('compress', 'magnitude')}-{p.allocation}"
+
+
 register_recipe(
     Recipe(
         "sfw",
@@ -497,6 +504,7 @@ register_recipe(
         option_names=lambda: list(_OPTION_NAMES),
         ignores_sparsity=_ignores_sparsity,
         validate=_validate,
+        label=_label,
     )
 )
 
