@@ -22,11 +22,11 @@ def tiny_sets(path: Path, work: Path) -> list[str]:
     ``work`` holds the files some examples need (a text corpus, a dense checkpoint).
     """
     cfg = load_config(path)
-    sets = ["train.threads=1", "train.batch_size=64", "train.epochs=1"]
+    sets = ["train.threads=1", "train.batch_size=32", "train.epochs=1"]
     if cfg.retrain.epochs is None or cfg.retrain.epochs > 0:
         sets.append("retrain.epochs=0.5")
     if cfg.data.name == "mnist1d":
-        sets.append("data.kwargs.num_samples=400")
+        sets.append("data.kwargs.num_samples=200")
     if cfg.model.name == "mlp":
         sets.append("model.kwargs.hidden=[32, 16]")
     if cfg.model.name == "cnn1d":
