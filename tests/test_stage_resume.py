@@ -10,6 +10,7 @@ was never interrupted. The processes come from a fork server (see ``_cli_process
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,6 @@ from prunekit.experiments.runner import (
     recipe_of,
     run_context,
     run_dir,
-    run_experiment,
 )
 from prunekit.experiments.typed import to_dict
 from prunekit.export import load_compressed
@@ -46,6 +46,10 @@ def _final_state(cfg: ExperimentConfig) -> dict:
     return load_compressed(run_dir(cfg) / "final" / "model.compressed.safetensors")
 
 
+def _result(cfg: ExperimentConfig) -> dict[str, Any]:
+    return _comparable(json.loads((run_dir(cfg) / "result.json").read_text()))
+
+
 def _stage_names(cfg: ExperimentConfig) -> list[str]:
     data = build_data(cfg)
     ctx = run_context(cfg, build_model(cfg, data), data, lambda message: None, None)
@@ -61,10 +65,13 @@ class Example:
         self.file = work / "config.yaml"  # the resolved, shrunk config (for a sweep: one arm)
         self.file.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         self.work = work
-        self.reference = self.config(work / "reference")
-        self.result = _comparable(run_experiment(self.reference, quiet=True))
-        self.state = _final_state(self.reference)
-        self.stages = _stage_names(self.reference)
+        # the reference runs in a process like the others (same device setup, e.g. under
+        # PRUNEKIT_VIRTUAL_CUDA, which only this process has)
+        assert run_cli(self.argv(work / "reference")) == 0, f"{self.name}: reference run"
+        reference = self.config(work / "reference")
+        self.result = _result(reference)
+        self.state = _final_state(reference)
+        self.stages = _stage_names(reference)
 
     def config(self, output: Path) -> ExperimentConfig:
         return load_config(self.file, [f"output={output}"])
@@ -74,7 +81,7 @@ class Example:
 
     def check(self, output: Path, what: str) -> None:
         cfg = self.config(output)
-        result = _comparable(yaml.safe_load((run_dir(cfg) / "result.json").read_text()))
+        result = _result(cfg)
         assert result == self.result, f"{self.name}, {what}: result.json differs"
         assert state_equal(_final_state(cfg), self.state) == [], f"{self.name}, {what}: weights"
 
