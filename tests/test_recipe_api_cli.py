@@ -8,7 +8,6 @@ of the config written out here as keyword arguments, from the same initial model
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,8 +23,6 @@ from prunekit.experiments.runner import build_data, build_model, run_dir, run_ex
 from prunekit.export import load_compressed
 from prunekit.recipes import ExperimentResult, PruneSpec, TrainSpec, list_recipes
 from prunekit.recipes.context import metrics_of
-
-_DATA_PRUNE_API = callable(getattr(prunekit.recipes, "data_prune", None))
 
 
 # ---------------------------------------------------------------------- config -> API arguments
@@ -194,14 +191,17 @@ def _data_prune(cfg, model, data) -> ExperimentResult:
         model,
         data,
         _train(cfg),
+        model_factory=lambda seed: build_model(cfg, data, seed),
         score=dp.score,
         fraction=dp.fraction,
         keep=dp.keep,
+        auto_threshold=dp.auto_threshold,
         class_balanced=dp.class_balanced,
+        budget=dp.budget,
         kd_alpha=dp.kd.alpha,
         kd_tau=dp.kd.tau,
-        budget=dp.budget,
-        score_options=dp.options,
+        kd_teacher=dp.kd.teacher,
+        options=dp.options,
     )
 
 
@@ -225,14 +225,7 @@ def _recipe(cfg: ExperimentConfig) -> str:
 
 
 # ---------------------------------------------------------------------- the tests
-def _marks(path: Path) -> list[Any]:
-    if path.stem == "data_prune":
-        reason = "prunekit.recipes.data_prune: no Python API function for data pruning yet"
-        return [pytest.mark.xfail(not _DATA_PRUNE_API, reason=reason, strict=True)]
-    return []
-
-
-@pytest.mark.parametrize("path", [pytest.param(p, id=p.stem, marks=_marks(p)) for p in EXAMPLES])
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_api_and_cli_give_the_same_run(path, tmp_path):
     cfg = tiny_config(path, tmp_path)
     recipe = _recipe(cfg)
