@@ -61,6 +61,7 @@ def dense_checkpoint(path: Path, sets: list[str], work: Path) -> Path:
     """A "trained" dense state_dict for examples that start from one: the architecture of the
     config initialised with another seed (any weights of the right shape will do)."""
     file = work / "dense_checkpoint.safetensors"
+    work.mkdir(parents=True, exist_ok=True)
     if not file.is_file():
         cfg = load_config(path, [*sets, "dense_checkpoint=null"])
         model = build_model(cfg, build_data(cfg), seed=cfg.seed + 123)
