@@ -56,9 +56,9 @@ class DataPruneOptions:
     ``auto`` (hard when ``fraction >= auto_threshold``); ``class_balanced`` keeps each class's
     share; ``budget``: ``epochs`` (the dense run's epochs over the subset) or ``iterations``
     (the dense run's step count); ``kd_alpha`` > 0 distils from the dense model (or the
-    ``kd_teacher`` state_dict file) at temperature ``kd_tau``; ``scores_file``: where the scores
-    are cached, shared by runs with the same dense settings, score and options (None: computed
-    in memory); ``on_mismatch``: what a cached file of other data does (``recompute``/``error``).
+    ``kd_teacher`` state_dict file) at temperature ``kd_tau``; in a run directory the scores are
+    cached below the output folder (:func:`scores_path`); ``on_mismatch``: what a cached file
+    of other data does (``recompute`` or ``error``).
     """
 
     score: str
@@ -72,18 +72,15 @@ class DataPruneOptions:
     kd_teacher: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     on_mismatch: str = "recompute"
-    scores_file: Path | None = None
 
 
-def scores_path(cfg: Any) -> Path:
-    """Where the scores of ``cfg`` are cached (keyed by the dense settings, score, options)."""
-    from prunekit.experiments.config import dense_hash
-
-    dp = cfg.data_prune
-    key = {"dense": dense_hash(cfg, cfg.train.lr_schedule), "score": dp.score,
-           "options": dp.options}  # fmt: skip
+def scores_path(output: Path, dense_key: str, score: str, options: dict[str, Any]) -> Path:
+    """Where scores are cached below ``output``: keyed by the dense slice of the config (its
+    hash ``dense_key``), the score and its options, so that every run sharing them reuses one
+    scoring."""
+    key = {"dense": dense_key, "score": score, "options": options}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cfg.output) / "data_scores" / f"{dp.score}-{digest}" / "scores.safetensors"
+    return output / "data_scores" / f"{score}-{digest}" / "scores.safetensors"
 
 
 def _score_context(ctx: RunContext, teacher: nn.Module, ckpt: Path | None) -> ScoreContext:
@@ -120,7 +117,9 @@ def _selection(ctx: RunContext, teacher: nn.Module, sdir: Path | None) -> tuple[
                 "directory to select again"
             )
         return tensors["indices"], meta
-    spath = ctx.options.scores_file
+    spath = None
+    if ctx.dense_dir is not None and ctx.run_dir is not None:  # <output>/dense/<hash>
+        spath = scores_path(ctx.dense_dir.parent.parent, ctx.dense_key, str(dp.score), dp.options)
     if spath is None:
         scores = compute_scores(str(dp.score), _score_context(ctx, teacher, None), **dp.options)
         smeta = {"reused": False, "seconds": float("nan")}
@@ -147,7 +146,7 @@ def _selection(ctx: RunContext, teacher: nn.Module, sdir: Path | None) -> tuple[
         "kept": len(chosen),
         "num_examples": len(ctx.data.train),
         "fingerprint": fp,
-        "scores_file": str(spath),
+        "scores_file": None if spath is None else str(spath),
         "score_seconds": float(smeta.get("seconds", float("nan"))),
         "scores_reused": bool(smeta["reused"]),
     }
@@ -260,7 +259,6 @@ def _configure(cfg: Any) -> DataPruneOptions:
         kd_teacher=dp.kd.teacher,
         options=dict(dp.options),
         on_mismatch=dp.on_mismatch,
-        scores_file=scores_path(cfg),
     )
 
 
