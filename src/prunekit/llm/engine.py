@@ -46,14 +46,12 @@ from prunekit.llm.calibration import (
 from prunekit.llm.methods import (
     check_pattern,
     check_sparsity,
-    magnitude_mask,
     outlier_ratio,
     owl_sparsities,
-    wanda_mask,
     wanda_scores,
 )
 from prunekit.llm.options import OptionRecord
-from prunekit.llm.sparsegpt import sparsegpt_prune
+from prunekit.llm.rules import LayerInputs, LLMRule, get_rule
 
 __all__ = ["LLMPruneConfig", "METHODS", "available_memory", "calibration_tokens", "prune_llm"]
 
@@ -105,7 +103,7 @@ class LLMPruneConfig(OptionRecord):
             raise ValueError(f"method: expected a lower-case name, got {self.method!r}")
         nm = check_pattern(self.pattern)
         check_sparsity(self.sparsity)
-        if self.owl and self.method == "magnitude":
+        if self.owl and self.rule().needs == "weights":
             raise ValueError("owl: the OWL allocation needs activations: use wanda or sparsegpt")
         if self.owl and nm is not None:
             raise ValueError("owl: OWL allocates unstructured sparsity; it cannot be used with N:M")
@@ -133,6 +131,10 @@ class LLMPruneConfig(OptionRecord):
                         f"{key}: invalid regular expression {pattern!r}: {err}"
                     ) from err
         return nm
+
+    def rule(self) -> LLMRule:
+        """The registered :class:`~prunekit.llm.rules.LLMRule` of ``method``."""
+        return get_rule(self.method)
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -395,6 +397,7 @@ class _Engine:
         self.config = config
         self.nm = nm
         self.device = device
+        self.rule = config.rule()
         self.path, self.blocks = adapter.blocks(model)
         self.targets = [
             _select(
@@ -492,29 +495,16 @@ class _Engine:
         self, name: str, module: nn.Module, stats: _Stats | None, sparsity: float
     ) -> tuple[Tensor, dict]:
         weight = _weight_matrix(module)
-        method = self.config.method
-        info: dict[str, Any] = {}
-        if method == "magnitude":
-            mask = magnitude_mask(weight, sparsity, self.nm, self.config.magnitude_scope)
-            new = weight.float() * mask
-        elif method == "wanda":
+        needs = self.rule.needs
+        # Only what the rule declared: the Hessian's diagonal is not copied for a Hessian rule.
+        col_sq_norm = hessian = None
+        if needs != "weights":
             assert stats is not None
-            mask = wanda_mask(weight, stats.column_sq_norm(), sparsity, self.nm)
-            new = weight.float() * mask
-        elif method != "sparsegpt":
-            raise NotImplementedError(f"method: the layer-wise engine cannot run {method!r}")
-        else:
-            assert stats is not None and stats.hessian is not None
-            # SparseGPT is invariant to the scale of H: the raw sum X^T X saves a copy.
-            new, mask, info = sparsegpt_prune(
-                weight,
-                stats.hessian,
-                sparsity,
-                self.nm,
-                blocksize=self.config.blocksize,
-                percdamp=self.config.percdamp,
-                name=name,
-            )
+            col_sq_norm = stats.column_sq_norm() if needs == "activations" else None
+            hessian = stats.hessian if needs == "hessian" else None
+        layer = LayerInputs(name, weight, sparsity, self.nm, col_sq_norm, hessian, self.config)
+        update = self.rule.apply(layer)
+        new, mask, info = update.weight, update.mask, update.info
         return _write_weight(module, new, mask), info
 
     def run(
@@ -523,7 +513,7 @@ class _Engine:
         masks = MaskSet()
         layer_info: dict[str, dict] = {}
         block_rows: list[dict] = []
-        if self.config.method == "magnitude":  # data-free: no activations needed
+        if self.rule.needs == "weights":  # data-free: no activations needed
             for i in range(len(self.blocks)):
                 start = time.perf_counter()
                 for name, module in self.targets[i].items():
@@ -540,7 +530,7 @@ class _Engine:
             return masks, block_rows, layer_info
 
         assert batches is not None
-        hessian = self.config.method == "sparsegpt"
+        hessian = self.rule.needs == "hessian"
 
         def visit(i: int, block: nn.Module, inputs: _BlockInputs, inps: Any, outs: Any) -> dict:
             start = time.perf_counter()
@@ -679,7 +669,7 @@ def prune_llm(
     }
 
     batches: list[Tensor] | None = None
-    if method != "magnitude":
+    if engine.rule.needs != "weights":
         if calibration is None:
             raise ValueError(f"calibration: method {method!r} needs calibration data")
         tokens, shape = calibration_tokens(

@@ -5,8 +5,8 @@ boolean keep-mask of that shape (True = kept). Selection reuses prunekit's exact
 per-row pruning is ``keep_lowest_per_row`` (a stable sort of each row), N:M is ``nm_masks`` and a
 per-layer threshold is ``keep_masks_lowest_pruned``.
 
-Magnitude and Wanda are registered as criteria of kind ``llm`` (SparseGPT in
-:mod:`prunekit.llm.sparsegpt`); the engine accepts the names of that kind.
+Magnitude and Wanda are registered as :class:`~prunekit.llm.rules.LLMRule` criteria of kind
+``llm`` (SparseGPT in :mod:`prunekit.llm.sparsegpt`); the engine runs whatever that kind holds.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import Tensor
 from prunekit.core.allocation import AllocationContext, keep_lowest_per_row, nm_masks, parse_nm
 from prunekit.core.scores import TensorScores
 from prunekit.core.selection import keep_masks_lowest_pruned
-from prunekit.criteria.registry import register_criterion
+from prunekit.llm.rules import LayerInputs, register_llm_rule
 
 __all__ = [
     "check_pattern",
@@ -74,7 +74,6 @@ def mask_from_scores(
     raise ValueError(f"scope: expected 'row' or 'layer', got {scope!r}")
 
 
-@register_criterion("magnitude", kind="llm", requires_data=False)
 def magnitude_mask(
     weight: Tensor, sparsity: float, pattern: tuple[int, int] | None = None, scope: str = "layer"
 ) -> Tensor:
@@ -87,12 +86,23 @@ def wanda_scores(weight: Tensor, col_sq_norm: Tensor) -> Tensor:
     return weight.detach().abs().float() * torch.sqrt(col_sq_norm.float()).reshape(1, -1)
 
 
-@register_criterion("wanda", kind="llm", requires_data=True)
 def wanda_mask(
     weight: Tensor, col_sq_norm: Tensor, sparsity: float, pattern: tuple[int, int] | None = None
 ) -> Tensor:
     """Wanda: per output row, prune the lowest |W| * ||X_j|| (or N:M within each row)."""
     return mask_from_scores(wanda_scores(weight, col_sq_norm), sparsity, pattern, "row")
+
+
+@register_llm_rule("magnitude", needs="weights", doc=magnitude_mask.__doc__)
+def _magnitude_rule(layer: LayerInputs) -> Tensor:
+    scope = getattr(layer.options, "magnitude_scope", "layer")
+    return magnitude_mask(layer.weight, layer.sparsity, layer.pattern, scope)
+
+
+@register_llm_rule("wanda", needs="activations", doc=wanda_mask.__doc__)
+def _wanda_rule(layer: LayerInputs) -> Tensor:
+    assert layer.col_sq_norm is not None  # the engine provides it for needs="activations"
+    return wanda_mask(layer.weight, layer.col_sq_norm, layer.sparsity, layer.pattern)
 
 
 def outlier_ratio(scores: Sequence[Tensor], m: float = 5.0) -> float:

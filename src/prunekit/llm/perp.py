@@ -724,10 +724,10 @@ def reconstruct(
         start = time.perf_counter()
         modules = engine.targets[i]
         stats = {
-            n: _Stats(_weight_matrix(m).shape[1], method == "sparsegpt", dev)
+            n: _Stats(_weight_matrix(m).shape[1], engine.rule.needs == "hessian", dev)
             for n, m in modules.items()
         }
-        handles = _hook_stats(modules, stats) if method != "magnitude" else []
+        handles = _hook_stats(modules, stats) if engine.rule.needs != "weights" else []
         with torch.no_grad():
             try:  # dense outputs Y (and the layer statistics) on the pruned inputs X
                 _forward_all(chosen, block, inputs, inps, outs, dev)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from prunekit.core.allocation import largest_remainder
-from prunekit.criteria.registry import register_criterion
+from prunekit.llm.rules import LayerInputs, LayerUpdate, register_llm_rule
 
 __all__ = ["CholeskyError", "inverse_cholesky", "sparsegpt_prune"]
 
@@ -82,13 +82,6 @@ def _block_quotas(rows: int, cols: int, blocksize: int, sparsity: float) -> list
     return [quotas[k] for k in keys]
 
 
-@register_criterion(
-    "sparsegpt",
-    kind="llm",
-    requires_data=True,
-    doc="SparseGPT (Frantar & Alistarh 2023): prune column by column and update the remaining "
-    "weights from the layer's input Hessian.",
-)
 @torch.no_grad()
 def sparsegpt_prune(
     weight: Tensor,
@@ -168,3 +161,24 @@ def sparsegpt_prune(
 
     w[prune] = 0.0
     return w, ~prune, {"damp": damp, "dead_columns": int(dead.sum())}
+
+
+@register_llm_rule(
+    "sparsegpt",
+    needs="hessian",
+    doc="SparseGPT (Frantar & Alistarh 2023): prune column by column and update the remaining "
+    "weights from the layer's input Hessian.",
+)
+def _sparsegpt_rule(layer: LayerInputs) -> LayerUpdate:
+    assert layer.hessian is not None  # the engine provides it for needs="hessian"
+    # SparseGPT is invariant to the scale of H: the raw sum X^T X saves a copy.
+    new, mask, info = sparsegpt_prune(
+        layer.weight,
+        layer.hessian,
+        layer.sparsity,
+        layer.pattern,
+        blocksize=getattr(layer.options, "blocksize", 128),
+        percdamp=getattr(layer.options, "percdamp", 0.01),
+        name=layer.name,
+    )
+    return LayerUpdate(mask, new, info)
