@@ -21,7 +21,7 @@ from prunekit.criteria.registry import (
     unregister_criterion,
 )
 from prunekit.data_pruning import DATA_SCORES, ScoreContext, compute_scores
-from prunekit.llm import METHODS, LLMPruneConfig, prune_llm
+from prunekit.llm import METHODS, LayerInputs, LLMPruneConfig, LLMRule, prune_llm
 from prunekit.structured import STRUCTURED_CRITERIA, list_structured_criteria
 
 BUILTINS = {
@@ -170,7 +170,15 @@ def test_the_public_lookups_are_views_with_their_error_messages():
     assert CRITERIA.get("snip") is get_criterion("snip").factory
     assert STRUCTURED_CRITERIA.get("l1") is get_criterion("l1", kind="structured").factory
     assert DATA_SCORES.get("el2n") is get_criterion("el2n", kind="data").factory
-    assert get_criterion("sparsegpt", kind="llm").factory is prunekit.llm.sparsegpt_prune
+    # An llm entry's factory is the rule the engine calls: what it needs, and how to call it.
+    rules = {n: get_criterion(n, kind="llm").factory for n in BUILTINS["llm"]}
+    assert all(isinstance(rule, prunekit.llm.LLMRule) for rule in rules.values())
+    assert {n: r.needs for n, r in rules.items()} == {
+        "magnitude": "weights",
+        "sparsegpt": "hessian",
+        "wanda": "activations",
+    }
+    assert prunekit.llm.get_rule("sparsegpt") is rules["sparsegpt"]
     weights = ", ".join(BUILTINS["weights"])
     with pytest.raises(ValueError) as err:
         create_criterion("nope")
@@ -201,19 +209,72 @@ def test_the_llm_engine_validates_its_method_through_the_registry(registered):
     # What the engine accepts is what the registry holds, not a list of its own.
     with pytest.raises(ValueError, match="unknown LLM method 'zz_rule'"):
         LLMPruneConfig(method="zz_rule").validate()
-    registered("zz_rule", "llm", lambda weight, sparsity: weight, requires_data=True)
+    # An entry of kind llm must be an LLMRule: a bare function is refused by name, never guessed.
+    registered("zz_plain", "llm", lambda weight, sparsity: weight, requires_data=True)
+    with pytest.raises(TypeError) as err:
+        LLMPruneConfig(method="zz_plain").validate()
+    assert str(err.value) == (
+        "method: the LLM method 'zz_plain' is registered with a function, expected a "
+        "prunekit.llm.LLMRule (register it with prunekit.llm.register_llm_rule)"
+    )
+    rule = LLMRule("activations", lambda layer: layer.weight.abs() > 0)
+    registered("zz_rule", "llm", rule, requires_data=True)
     assert LLMPruneConfig(method="zz_rule").validate() is None
-    # The engine runs its built-in rules only: a new one is refused by name, never run as another.
+
+
+def _keep_largest_per_row(layer: LayerInputs) -> torch.Tensor:
+    """Keep the largest |w| * 1 of each row (ties: the higher column index stays)."""
+    assert layer.col_sq_norm is not None and layer.hessian is None
+    scores = layer.weight.abs() * 1.0
+    k = int(layer.sparsity * scores.shape[1])
+    dropped = scores.argsort(dim=1, stable=True)[:, :k]
+    return torch.ones_like(scores, dtype=torch.bool).scatter(1, dropped, False)
+
+
+@pytest.mark.parametrize("true_sequential", [False, True])
+def test_a_registered_llm_rule_runs_end_to_end_through_prune_llm(registered, true_sequential):
     from prunekit.models.gpt import GPT, GPTConfig
 
+    seen: list[str] = []
+
+    def rule(layer: LayerInputs) -> torch.Tensor:
+        seen.append(layer.name)
+        assert layer.options.method == "zz_keep" and layer.pattern is None
+        return _keep_largest_per_row(layer)
+
+    registered("zz_keep", "llm", LLMRule("activations", rule), requires_data=True)
     torch.manual_seed(0)
-    gpt = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=32))
+    gpt = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=32))
+    dense = {n: p.detach().clone() for n, p in gpt.named_parameters()}
+    with pytest.raises(ValueError, match=r"^calibration: method 'zz_keep' needs calibration"):
+        prune_llm(gpt, "zz_keep", 0.25, progress=False)
     calibration = torch.randint(0, 32, (2, 8))
-    with pytest.raises(NotImplementedError) as err:
-        prune_llm(
-            gpt, "zz_rule", 0.5, calibration=calibration, nsamples=2, seqlen=8, progress=False
-        )
-    assert str(err.value) == "method: the layer-wise engine cannot run 'zz_rule'"
+    masks, report = prune_llm(
+        gpt,
+        "zz_keep",
+        0.25,
+        calibration=calibration,
+        nsamples=2,
+        seqlen=8,
+        true_sequential=true_sequential,
+        progress=False,
+    )
+    assert report["method"] == "zz_keep"
+    assert len(masks) == len(seen) == 12  # 6 linears in each of the 2 blocks, each pruned once
+    assert sorted(f"{n}.weight" for n in seen) == sorted(masks)
+    for name, param in gpt.named_parameters():
+        if name not in masks:
+            assert torch.equal(param, dense[name])
+            continue
+        # prunekit's GPT stores (out, in) weights: the mask is the rule's on the dense weight.
+        weight = dense[name]
+        k = int(0.25 * weight.shape[1])
+        dropped = weight.abs().argsort(dim=1, stable=True)[:, :k]
+        expected = torch.ones_like(weight, dtype=torch.bool).scatter(1, dropped, False)
+        assert torch.equal(masks[name], expected)
+        assert (masks[name].sum(1) == weight.shape[1] - k).all()
+        assert torch.equal(param, weight * expected)
+        assert report["layers"][name]["sparsity"] == k / weight.shape[1]
 
 
 def test_names_are_unique_within_a_kind_and_shared_only_where_they_were():

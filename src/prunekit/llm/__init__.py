@@ -27,6 +27,7 @@ from prunekit.llm.perp import (
     reconstruct,
     select_trainable,
 )
+from prunekit.llm.rules import LayerInputs, LayerUpdate, LLMRule, get_rule, register_llm_rule
 from prunekit.llm.sparsegpt import CholeskyError, sparsegpt_prune
 
 __all__ = [
@@ -41,6 +42,11 @@ __all__ = [
     "METHODS",
     "CholeskyError",
     "LLMPruneConfig",
+    "LLMRule",
+    "LayerInputs",
+    "LayerUpdate",
+    "get_rule",
+    "register_llm_rule",
     "ModelAdapter",
     "UnknownArchitectureError",
     "byte_tokenizer",

@@ -101,9 +101,10 @@ class LLMPruneConfig(OptionRecord):
         # exactly, so 'Wanda' is refused rather than matched case-insensitively.
         if get_criterion(self.method, kind="llm", argument="method").name != self.method:
             raise ValueError(f"method: expected a lower-case name, got {self.method!r}")
+        rule = self.rule()  # an entry that is not an LLMRule fails here, before any work
         nm = check_pattern(self.pattern)
         check_sparsity(self.sparsity)
-        if self.owl and self.rule().needs == "weights":
+        if self.owl and rule.needs == "weights":
             raise ValueError("owl: the OWL allocation needs activations: use wanda or sparsegpt")
         if self.owl and nm is not None:
             raise ValueError("owl: OWL allocates unstructured sparsity; it cannot be used with N:M")
