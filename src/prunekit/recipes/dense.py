@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from prunekit.core import stamps
 from prunekit.recipes.context import RunContext
 from prunekit.recipes.executor import Stage
-from prunekit.recipes.files import load_output, locked, read_output, save_state
+from prunekit.recipes.files import locked, read_output, save_state
 
 __all__ = ["dense_stage", "rewind_state"]
 
@@ -21,8 +22,9 @@ def _fmt(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={metrics[k]:.4f}" for k in keys)
 
 
-def _init_state(ctx: RunContext) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in ctx.model.state_dict().items()}
+def _init_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    # CPU copies, as a file round trip would give
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def _train_dense(ctx: RunContext, directory: Path | None) -> dict[str, Any]:
@@ -34,7 +36,7 @@ def _train_dense(ctx: RunContext, directory: Path | None) -> dict[str, Any]:
         iterations = 0
     else:
         if directory is None:
-            ctx.memory["init"] = _init_state(ctx)
+            ctx.memory["init"] = _init_state(ctx.model)
         elif not (directory / "init.safetensors").is_file():
             save_state(ctx.model, directory / "init.safetensors")
         total = ctx.original.total
@@ -83,7 +85,7 @@ def rewind_state(ctx: RunContext, k: int) -> dict[str, torch.Tensor]:
             return init
         key = f"rewind_{k}"
         if key not in ctx.memory:
-            ctx.memory[key] = _replay(ctx, init, k, None)
+            ctx.memory[key] = _init_state(_replay(ctx, init, k))
         return ctx.memory[key]
     directory = ctx.dense_dir
     with stamps.stamped(ctx.dense_key, "dense"):
@@ -92,17 +94,14 @@ def rewind_state(ctx: RunContext, k: int) -> dict[str, torch.Tensor]:
         path = directory / f"rewind_{k}.safetensors"
         with locked(directory):
             if not path.is_file():
-                scratch = copy.deepcopy(ctx.model)
-                load_output(scratch, directory / "init.safetensors")
-                ctx.fit(ctx.original, k, None, ctx.train.seed, None, model=scratch)
-                save_state(scratch, path)
+                init = read_output(directory / "init.safetensors")
+                save_state(_replay(ctx, init, k), path)
         return read_output(path)
 
 
-def _replay(
-    ctx: RunContext, init: dict[str, torch.Tensor], k: int, _: Any
-) -> dict[str, torch.Tensor]:
+def _replay(ctx: RunContext, init: dict[str, torch.Tensor], k: int) -> nn.Module:
+    """A copy of the model trained for the first ``k`` steps of the dense run from ``init``."""
     scratch = copy.deepcopy(ctx.model)
     scratch.load_state_dict(init)
     ctx.fit(ctx.original, k, None, ctx.train.seed, None, model=scratch)
-    return {n: v.detach().cpu().clone() for n, v in scratch.state_dict().items()}
+    return scratch

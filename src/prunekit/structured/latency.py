@@ -74,15 +74,21 @@ def median_seconds(module: nn.Module, inputs: Any, repeats: int = 7, warmup: int
     times = []
     with torch.no_grad():
         for i in range(warmup + repeats):
-            for d in devices:
-                torch.cuda.synchronize(d)
-            start = time.perf_counter()
-            _call(module, inputs)
-            for d in devices:
-                torch.cuda.synchronize(d)
+            elapsed = _timed_call(module, inputs, devices)
             if i >= warmup:
-                times.append(time.perf_counter() - start)
+                times.append(elapsed)
     return statistics.median(times)
+
+
+def _timed_call(module: nn.Module, inputs: Any, devices: set[torch.device]) -> float:
+    """Seconds of one ``module(inputs)``, CUDA work on ``devices`` synchronised around it."""
+    for d in devices:
+        torch.cuda.synchronize(d)
+    start = time.perf_counter()
+    _call(module, inputs)
+    for d in devices:
+        torch.cuda.synchronize(d)
+    return time.perf_counter() - start
 
 
 def _layer_inputs(model: nn.Module, example_inputs: Any) -> dict[str, tuple[int, ...]]:
@@ -368,14 +374,9 @@ def paired_seconds(
         with torch.no_grad():
             for i in range(2 + repeats):
                 for slot, module in enumerate((dense, pruned)):
-                    for d in devices:
-                        torch.cuda.synchronize(d)
-                    start = time.perf_counter()
-                    _call(module, inputs)
-                    for d in devices:
-                        torch.cuda.synchronize(d)
+                    elapsed = _timed_call(module, inputs, devices)
                     if i >= 2:
-                        times[slot].append(time.perf_counter() - start)
+                        times[slot].append(elapsed)
         pair = statistics.median(times[0]), statistics.median(times[1])
     if not all(math.isfinite(t) and t > 0 for t in pair):
         raise ValueError(f"timer: expected positive numbers of seconds, got {pair!r}")
